@@ -1,0 +1,3 @@
+from audit_watch.cli import main
+
+main()
