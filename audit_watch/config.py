@@ -1,0 +1,212 @@
+"""The configuration file (``audit-watch.yaml``): models and loading.
+
+Pydantic errors are turned into ``file:line: field: message`` problems using the
+line map of :mod:`audit_watch.yaml_source`. Secrets are ``SecretStr`` so that
+neither logs nor reprs show them.
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from pathlib import Path
+from typing import Annotated, Any, Literal, Union
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+
+from audit_watch.durations import Duration
+from audit_watch.rule_model import check_timezone
+from audit_watch.yaml_source import InputError, LocatedDocument, Problem, interpolate_env, load_yaml
+
+DEFAULT_CONFIG_NAME = "audit-watch.yaml"
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+
+class SourceConfig(_Strict):
+    url: str = "sqlite:///audit.db"
+    tables: dict[str, str] = Field(default_factory=dict)
+    columns: dict[str, dict[str, str]] = Field(default_factory=dict)
+    db_schema: str | None = Field(default=None, alias="schema")
+    statement_timeout: Duration = timedelta(seconds=30)
+
+    @field_validator("tables", "columns")
+    @classmethod
+    def _known_tables(cls, value: dict[str, Any]) -> dict[str, Any]:
+        from audit_watch.schema import REFERENCE_COLUMNS
+
+        for table, renames in value.items():
+            if table not in REFERENCE_COLUMNS:
+                raise ValueError(f"unknown table {table!r} (tables: {', '.join(REFERENCE_COLUMNS)})")
+            if isinstance(renames, dict):
+                known = {name for name, _, _ in REFERENCE_COLUMNS[table]}
+                for column in renames:
+                    if column not in known:
+                        raise ValueError(f"unknown column {column!r} of {table}")
+        return value
+
+
+class StateConfig(_Strict):
+    url: str = "sqlite:///audit-watch-state.db"
+
+
+class LinksConfig(_Strict):
+    """Where alerts link to. ``{base_url}``, ``{tab}`` (jobs/threads/events), ``{id}``
+    and ``{query}`` (the filters as a URL query) are filled in."""
+
+    base_url: str = "https://auxot.example.com"
+    row: str = "{base_url}/audit-logs/{tab}/{id}"
+    list: str = "{base_url}/audit-logs/{tab}?{query}"
+    max_rows: int = Field(default=20, ge=0, le=20)
+
+
+class SlackChannel(_Strict):
+    type: Literal["slack"]
+    token: SecretStr
+    channel: str
+    base_url: str | None = None
+    max_rows: int = Field(default=10, ge=0, le=20)
+
+
+class SlackWebhookChannel(_Strict):
+    type: Literal["slack_webhook"]
+    url: SecretStr
+    max_rows: int = Field(default=10, ge=0, le=20)
+
+
+class EmailChannel(_Strict):
+    type: Literal["email"]
+    host: str
+    port: int = 587
+    starttls: bool = False
+    ssl: bool = False
+    username: str | None = None
+    password: SecretStr | None = None
+    from_: str = Field(alias="from")
+    to: tuple[str, ...]
+    cc: tuple[str, ...] = ()
+    timeout: Duration = timedelta(seconds=30)
+
+
+class FileChannel(_Strict):
+    type: Literal["file"]
+    path: str
+    format: Literal["json", "text", "both"] = "both"
+
+
+Channel = Annotated[
+    Union[SlackChannel, SlackWebhookChannel, EmailChannel, FileChannel], Field(discriminator="type")
+]
+
+
+class Config(_Strict):
+    source: SourceConfig = Field(default_factory=SourceConfig)
+    state: StateConfig = Field(default_factory=StateConfig)
+    links: LinksConfig = Field(default_factory=LinksConfig)
+    rules: tuple[str, ...] = ("rules/",)
+    templates: tuple[str, ...] = ()
+    timezone: str = "UTC"
+    channels: dict[str, Channel] = Field(default_factory=dict)
+    # The folder relative paths in this file are resolved against.
+    base_dir: Path = Field(default_factory=Path.cwd, exclude=True)
+    file: str | None = Field(default=None, exclude=True)
+
+    @field_validator("timezone")
+    @classmethod
+    def _check_timezone(cls, value: str) -> str:
+        check_timezone(value)
+        return value
+
+    def resolve(self, path: str) -> Path:
+        candidate = Path(path).expanduser()
+        return candidate if candidate.is_absolute() else self.base_dir / candidate
+
+    @property
+    def rule_paths(self) -> list[Path]:
+        return [self.resolve(p) for p in self.rules]
+
+    @property
+    def template_paths(self) -> list[Path]:
+        return [self.resolve(p) for p in self.templates]
+
+
+def problems_from_validation(doc: LocatedDocument, error: ValidationError, prefix: tuple = ()) -> list[Problem]:
+    """Map pydantic errors onto ``file:line: field: message``."""
+    problems = []
+    for item in error.errors(include_url=False):
+        ctx = item.get("ctx") or {}
+        loc = _written_path(doc, prefix, list(item["loc"]) + list(ctx.get("subpath", [])))
+        problems.append(doc.problem(loc, _friendly_message(item)))
+    return problems
+
+
+def _written_path(doc: LocatedDocument, prefix: tuple, loc: list[Any]) -> tuple:
+    """Drop the parts pydantic adds that the YAML does not have (union tags such as
+    ``spike`` or ``slack``, validator names), keeping the path as the user wrote it."""
+    path = tuple(prefix)
+    for index, part in enumerate(loc):
+        candidate = path + (part,)
+        is_last = index == len(loc) - 1
+        if candidate in doc.lines or isinstance(part, int) or is_last:
+            path = candidate
+        elif isinstance(part, str) and (part in _UNION_TAGS or part.startswith("function-")):
+            continue
+        else:
+            path = candidate
+    return path
+
+
+_UNION_TAGS = {"threshold", "ratio", "spike", "metric", "absence", "cron_missed", "new_value", "any",
+               "slack", "slack_webhook", "email", "file"}
+
+
+def _friendly_message(item: dict[str, Any]) -> str:
+    kind = item["type"]
+    if kind == "extra_forbidden":
+        return "unknown key (check the spelling; see rules.md for the keys)"
+    if kind == "missing":
+        return "required key is missing"
+    if kind == "union_tag_invalid":
+        tag = item.get("ctx", {}).get("tag")
+        expected = item.get("ctx", {}).get("expected_tags", "")
+        return f"unknown value {tag!r} (expected one of {expected})"
+    if kind == "union_tag_not_found":
+        return f"required key {item.get('ctx', {}).get('discriminator', '')} is missing"
+    if kind == "literal_error":
+        return f"{item['msg'].replace('Input should be', 'must be')}, got {item.get('input')!r}"
+    message = item["msg"]
+    for prefix in ("Value error, ", "Assertion failed, "):
+        if message.startswith(prefix):
+            message = message[len(prefix):]
+    return message
+
+
+def load_config(path: str | Path | None = None, environ: dict[str, str] | None = None) -> Config:
+    """Load ``path`` (or ./audit-watch.yaml when it exists, else the defaults).
+
+    Raises InputError carrying every problem found.
+    """
+    if path is None:
+        default = Path.cwd() / DEFAULT_CONFIG_NAME
+        if not default.exists():
+            return Config(base_dir=Path.cwd())
+        path = default
+    path = Path(path)
+    doc = load_yaml(path)
+    if doc.data is None:
+        return Config(base_dir=path.resolve().parent, file=str(path))
+    if not isinstance(doc.data, dict):
+        raise InputError([doc.problem((), "the configuration must be a mapping of keys")])
+    problems = interpolate_env(doc, environ)
+    try:
+        config = Config.model_validate(
+            {**doc.data, "base_dir": path.resolve().parent, "file": str(path)}
+        )
+    except ValidationError as exc:
+        problems += problems_from_validation(doc, exc)
+        raise InputError(problems) from None
+    if problems:
+        raise InputError(problems)
+    return config

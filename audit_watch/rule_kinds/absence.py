@@ -1,0 +1,55 @@
+"""``absence``: a group seen in the ``lookback`` before the window has no row in it."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from sqlalchemy import case, func, select
+
+from audit_watch.alert import Finding
+from audit_watch.rule_kinds.base import EvalContext, RuleKind, group_columns, group_of
+from audit_watch.rule_model import AbsenceRule
+
+
+class Absence(RuleKind):
+    name = "absence"
+
+    def find(self, rule: AbsenceRule, ctx: EvalContext) -> list[Finding]:
+        src, now = ctx.src, ctx.now
+        window_start = now - rule.window
+        lookback_start = window_start - rule.lookback
+        time = src.time_column(rule.source)
+        groups = group_columns(src, rule.source, rule.group_by)
+        counted = (
+            select(
+                *groups,
+                func.sum(case((src.flag_between(time, window_start, now), 1), else_=0)).label("current"),
+                func.count().label("seen"),
+                func.max(src.time_value(time)).label("last_seen"),
+            )
+            .where(src.conditions(rule.source, rule.where), src.between(time, lookback_start, now))
+            .group_by(*groups)
+            .subquery()
+        )
+        stmt = select(counted).where(counted.c.current == 0)
+        findings = []
+        for row in ctx.conn.execute(stmt):
+            last_seen = src.read_time(row.last_seen)
+            findings.append(
+                Finding(
+                    group=group_of(rule.group_by, row),
+                    value=0,
+                    threshold="== 0",
+                    baseline=int(row.seen),
+                    details={
+                        "last_seen": last_seen.isoformat() if last_seen else None,
+                        "silent_for_seconds": int((now - last_seen).total_seconds()) if last_seen else None,
+                        "seen_in_lookback": int(row.seen),
+                    },
+                )
+            )
+        return findings
+
+    def sample_range(self, rule: AbsenceRule, now: datetime) -> tuple[datetime, datetime]:
+        # Nothing is in the window by definition: the evidence is the last rows seen.
+        return now - rule.window - rule.lookback, now

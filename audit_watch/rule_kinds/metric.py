@@ -1,0 +1,146 @@
+"""``metric``: an aggregate of a column against a threshold or its own baseline.
+
+Rows are put in buckets of the window's length counted back from ``now``
+(bucket 0 is the window, 1 the one before, ...) and aggregated per group and
+bucket in SQL. With ``baseline`` the current value is compared with the mean of
+the buckets before it; a bucket without rows is missing, not zero, so a new or
+part-time group is judged by the periods it was active in. A group without any
+baseline bucket is skipped unless ``min_value`` is set and met.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import Float, Select, and_, case, cast, func, or_, select
+from sqlalchemy.sql.elements import ColumnElement
+
+from audit_watch.alert import Finding
+from audit_watch.rule_kinds.base import EvalContext, RuleKind, compare, group_columns, group_of
+from audit_watch.rule_model import MetricRule
+from audit_watch.source import AuditSource
+
+
+def bucket_index(src: AuditSource, time: ColumnElement[Any], rule: MetricRule, now: Any, periods: int) -> ColumnElement[Any]:
+    """0 for the window, k for the k-th window before it (exact half-open bounds)."""
+    whens = [
+        (src.flag_between(time, now - rule.window * (k + 1), now - rule.window * k), k)
+        for k in range(periods + 1)
+    ]
+    return case(*whens, else_=None)
+
+
+def aggregate_per_bucket(src: AuditSource, rows: Any, group_count: int, aggregate: str) -> Select[Any]:
+    """One row per (group, bucket) with the aggregate as ``value``."""
+    keys = [rows.c[f"g{i}"] for i in range(group_count)] + [rows.c.bucket]
+    if aggregate == "p95":
+        return _p95_per_bucket(src, rows, keys)
+    function = {
+        "count": func.count(rows.c.v),
+        "sum": func.sum(rows.c.v),
+        "avg": func.avg(cast(rows.c.v, Float)),
+        "min": func.min(rows.c.v),
+        "max": func.max(rows.c.v),
+    }[aggregate]
+    return select(*keys, function.label("value")).group_by(*keys)
+
+
+def _p95_per_bucket(src: AuditSource, rows: Any, keys: list[Any]) -> Select[Any]:
+    """Nearest-rank 95th percentile, identical on both backends."""
+    if src.dialect == "postgresql":
+        return select(*keys, func.percentile_disc(0.95).within_group(rows.c.v).label("value")).group_by(*keys)
+    ranked = select(
+        *keys,
+        rows.c.v,
+        func.row_number().over(partition_by=keys, order_by=rows.c.v).label("rn"),
+        func.count().over(partition_by=keys).label("n"),
+    ).subquery()
+    # ceil(0.95 * n) in integer arithmetic
+    return select(*(ranked.c[k.name] for k in keys), ranked.c.v.label("value")).where(
+        ranked.c.rn == (ranked.c.n * 95 + 99) // 100
+    )
+
+
+class Metric(RuleKind):
+    name = "metric"
+
+    def find(self, rule: MetricRule, ctx: EvalContext) -> list[Finding]:
+        src, now = ctx.src, ctx.now
+        periods = rule.baseline.periods if rule.baseline else 0
+        time = src.time_column(rule.source)
+        groups = group_columns(src, rule.source, rule.group_by)
+        value = src.numeric_column(rule.source, rule.field)
+        rows = (
+            select(*groups, bucket_index(src, time, rule, now, periods).label("bucket"), value.label("v"))
+            .where(
+                src.conditions(rule.source, rule.where),
+                src.between(time, now - rule.window * (periods + 1), now),
+                value.is_not(None),
+            )
+            .subquery()
+        )
+        per_bucket = aggregate_per_bucket(src, rows, len(groups), rule.aggregate).subquery()
+        gkeys = [per_bucket.c[f"g{i}"] for i in range(len(groups))]
+        if rule.threshold is not None:
+            stmt = select(*gkeys, per_bucket.c.value).where(
+                per_bucket.c.bucket == 0, compare(per_bucket.c.value, rule.threshold)
+            )
+            return [
+                Finding(group=group_of(rule.group_by, row), value=_num(row.value), threshold=str(rule.threshold))
+                for row in ctx.conn.execute(stmt)
+            ]
+        return self._against_baseline(rule, ctx, per_bucket, gkeys)
+
+    def _against_baseline(self, rule: MetricRule, ctx: EvalContext, per_bucket: Any, gkeys: list[Any]) -> list[Finding]:
+        assert rule.baseline is not None
+        summary = (
+            select(
+                *gkeys,
+                func.max(case((per_bucket.c.bucket == 0, per_bucket.c.value))).label("current"),
+                func.avg(case((per_bucket.c.bucket > 0, cast(per_bucket.c.value, Float)))).label("baseline"),
+                func.count(case((per_bucket.c.bucket > 0, 1))).label("periods_seen"),
+            )
+            .group_by(*gkeys)
+            .subquery()
+        )
+        against_baseline = and_(
+            summary.c.periods_seen > 0, summary.c.current > summary.c.baseline * rule.baseline.factor
+        )
+        fires = against_baseline
+        if rule.min_value is not None:
+            fires = or_(against_baseline, and_(summary.c.periods_seen == 0, summary.c.current >= rule.min_value))
+        stmt = select(summary).where(summary.c.current.is_not(None), fires)
+        findings = []
+        for row in ctx.conn.execute(stmt):
+            baseline = float(row.baseline) if row.baseline is not None else None
+            threshold = (
+                f"> {_fmt(baseline * rule.baseline.factor)}" if baseline is not None else f">= {_fmt(rule.min_value)}"
+            )
+            findings.append(
+                Finding(
+                    group=group_of(rule.group_by, row),
+                    value=_num(row.current),
+                    threshold=threshold,
+                    baseline=round(baseline, 3) if baseline is not None else None,
+                    details={
+                        "aggregate": rule.aggregate,
+                        "field": rule.field,
+                        "periods_seen": int(row.periods_seen),
+                        "periods": rule.baseline.periods,
+                        "factor": rule.baseline.factor,
+                        "ratio": round(float(row.current) / baseline, 2) if baseline else None,
+                    },
+                )
+            )
+        return findings
+
+
+def _num(value: Any) -> float:
+    value = float(value)
+    return int(value) if value.is_integer() else round(value, 4)
+
+
+def _fmt(value: float | None) -> str:
+    if value is None:
+        return "?"
+    return str(int(value)) if float(value).is_integer() else f"{value:.2f}"

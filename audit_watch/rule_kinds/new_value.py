@@ -1,0 +1,63 @@
+"""``new_value``: a value of ``field`` in the window that its group had not shown
+in the ``lookback`` before the window. Each (group, new value) is one alert."""
+
+from __future__ import annotations
+
+from sqlalchemy import and_, case, func, select
+
+from audit_watch.alert import Finding
+from audit_watch.rule_kinds.base import EvalContext, RuleKind, group_columns, group_of, sample_rows
+from audit_watch.rule_model import NewValueRule
+
+
+class NewValue(RuleKind):
+    name = "new_value"
+
+    def find(self, rule: NewValueRule, ctx: EvalContext) -> list[Finding]:
+        src, now = ctx.src, ctx.now
+        window_start = now - rule.window
+        time = src.time_column(rule.source)
+        value = src.column(rule.source, rule.field)
+        groups = group_columns(src, rule.source, rule.group_by)
+        seen = (
+            select(
+                *groups,
+                value.label("new_value"),
+                func.min(src.time_value(time)).label("first_seen"),
+                func.sum(case((src.flag_between(time, window_start, now), 1), else_=0)).label("current"),
+            )
+            .where(
+                src.conditions(rule.source, rule.where),
+                src.between(time, window_start - rule.lookback, now),
+                value.is_not(None),
+            )
+            .group_by(*groups, value)
+            .subquery()
+        )
+        stmt = select(seen).where(seen.c.first_seen > src.time_param(window_start))
+        findings = []
+        for row in ctx.conn.execute(stmt):
+            first_seen = src.read_time(row.first_seen)
+            group = group_of(rule.group_by, row)
+            group[rule.field] = row.new_value
+            findings.append(
+                Finding(
+                    group=group,
+                    value=int(row.current),
+                    threshold="new",
+                    details={
+                        "field": rule.field,
+                        "new_value": row.new_value,
+                        "first_seen": first_seen.isoformat() if first_seen else None,
+                        "lookback_seconds": int(rule.lookback.total_seconds()),
+                    },
+                )
+            )
+        return findings
+
+    def sample(self, rule: NewValueRule, ctx: EvalContext, findings: list[Finding]) -> None:
+        conditions = and_(
+            ctx.src.conditions(rule.source, rule.where),
+            ctx.src.window(rule.source, ctx.now - rule.window, ctx.now),
+        )
+        sample_rows(ctx, rule.source, rule.group_by + (rule.field,), conditions, findings)

@@ -1,0 +1,75 @@
+"""``spike``: the window's count against the reference span right before it.
+
+The reference count is scaled to the window's length (a 6 h reference for a
+1 h window counts one sixth). ``up`` fires at ``current >= factor * reference``
+and ``current >= min_current`` (so a zero reference needs ``min_current``, and
+zero against zero never fires); ``down`` fires when the scaled reference is at
+least ``min_reference`` and ``current <= reference / factor``.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import Float, and_, case, cast, false, func, or_, select
+
+from audit_watch.alert import Finding
+from audit_watch.rule_kinds.base import EvalContext, RuleKind, group_columns, group_of
+from audit_watch.rule_model import SpikeRule
+
+
+class Spike(RuleKind):
+    name = "spike"
+
+    def find(self, rule: SpikeRule, ctx: EvalContext) -> list[Finding]:
+        src = ctx.src
+        now = ctx.now
+        window_start = now - rule.window
+        reference_start = window_start - rule.reference_span
+        time = src.time_column(rule.source)
+        groups = group_columns(src, rule.source, rule.group_by)
+        counted = (
+            select(
+                *groups,
+                func.sum(case((src.flag_between(time, window_start, now), 1), else_=0)).label("current"),
+                func.sum(case((src.flag_between(time, reference_start, window_start), 1), else_=0)).label("reference"),
+            )
+            .where(src.conditions(rule.source, rule.where), src.between(time, reference_start, now))
+            .group_by(*groups)
+            .subquery()
+        )
+        scale = rule.window.total_seconds() / rule.reference_span.total_seconds()
+        reference_scaled = cast(counted.c.reference, Float) * scale
+        up = and_(counted.c.current >= reference_scaled * rule.factor, counted.c.current >= rule.min_current)
+        down = and_(reference_scaled >= rule.min_reference, counted.c.current <= reference_scaled / rule.factor)
+        fires = {"up": up, "down": down, "both": or_(up, down)}.get(rule.direction, false())
+        stmt = select(counted, up.label("is_up")).where(fires)
+        findings = []
+        for row in ctx.conn.execute(stmt):
+            baseline = float(row.reference) * scale
+            is_up = bool(row.is_up)
+            threshold = (
+                f">= {_fmt(max(rule.factor * baseline, rule.min_current))}"
+                if is_up
+                else f"<= {_fmt(baseline / rule.factor)}"
+            )
+            findings.append(
+                Finding(
+                    group=group_of(rule.group_by, row),
+                    value=int(row.current),
+                    threshold=threshold,
+                    baseline=round(baseline, 3),
+                    details={
+                        "direction": "up" if is_up else "down",
+                        "reference_count": int(row.reference),
+                        "reference_span_seconds": int(rule.reference_span.total_seconds()),
+                        "factor": rule.factor,
+                    },
+                )
+            )
+        return findings
+
+    def list_range(self, rule: SpikeRule, now):  # type: ignore[override]
+        return now - rule.window - rule.reference_span, now
+
+
+def _fmt(value: float) -> str:
+    return str(int(value)) if float(value).is_integer() else f"{value:.2f}"

@@ -1,0 +1,345 @@
+"""Typed models of the rule format pinned in ``shared/spec/rules.md``.
+
+Every model forbids unknown keys, so a typo (``notfiy:``) is an error. Cross
+references that need the rest of the config (channel names) come in through the
+pydantic validation context: ``{"channels": {...}}``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Annotated, Any, Literal, Union
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from croniter import croniter
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
+from pydantic_core import PydanticCustomError
+
+from audit_watch.columns import column_problem
+from audit_watch.durations import Duration
+
+Source = Literal["jobs", "threads", "events"]
+Severity = Literal["info", "warning", "critical"]
+CompareOp = Literal[">", ">=", "<", "<=", "=="]
+
+WHERE_OPERATORS = ("eq", "in", "not", "not_in", "gt", "gte", "lt", "lte", "contains", "exists")
+_LIST_OPERATORS = {"in", "not_in"}
+_ORDER_OPERATORS = {"gt", "gte", "lt", "lte"}
+
+
+@dataclass(frozen=True)
+class Condition:
+    """One ``where`` test: ``column op value``. Values are always bound parameters."""
+
+    column: str
+    op: str
+    value: Any
+
+
+def _where_error(path: list[str], message: str) -> PydanticCustomError:
+    # ``subpath`` lets the error formatter point at the line of the column or operator.
+    return PydanticCustomError("where", message, {"subpath": path})
+
+
+def parse_where(raw: Any, table: str) -> tuple[Condition, ...]:
+    """``{status: failed, model: {not: x}}`` -> conditions, checking columns and operators."""
+    if raw is None:
+        return ()
+    if not isinstance(raw, dict):
+        raise PydanticCustomError("where", "expected a mapping of column: condition")
+    conditions: list[Condition] = []
+    for column, spec in raw.items():
+        problem = column_problem(table, column)
+        if problem:
+            raise _where_error([column], problem)
+        if isinstance(spec, dict):
+            if not spec:
+                raise _where_error([column], "empty condition")
+            for op, value in spec.items():
+                if op not in WHERE_OPERATORS:
+                    raise _where_error(
+                        [column, op],
+                        f"unknown operator {op!r} (use one of {', '.join(WHERE_OPERATORS)})",
+                    )
+                if op in _LIST_OPERATORS and not (isinstance(value, list) and value):
+                    raise _where_error([column, op], f"{op} takes a non-empty list")
+                if op in _ORDER_OPERATORS and (isinstance(value, (list, dict, bool)) or value is None):
+                    raise _where_error([column, op], f"{op} takes a number, text or timestamp")
+                if op == "exists" and not isinstance(value, bool):
+                    raise _where_error([column, op], "exists takes true or false")
+                if op == "contains" and not isinstance(value, str):
+                    raise _where_error([column, op], "contains takes text")
+                if op not in _LIST_OPERATORS and isinstance(value, (list, dict)):
+                    raise _where_error([column, op], f"{op} takes a single value")
+                conditions.append(Condition(column, op, value))
+        elif isinstance(spec, list):
+            raise _where_error([column], "a list needs an operator: {in: [...]} or {not_in: [...]}")
+        else:
+            conditions.append(Condition(column, "eq", spec))
+    return tuple(conditions)
+
+
+class Comparison(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    op: CompareOp
+    value: float
+
+    def holds(self, value: float) -> bool:
+        return {
+            ">": value > self.value,
+            ">=": value >= self.value,
+            "<": value < self.value,
+            "<=": value <= self.value,
+            "==": value == self.value,
+        }[self.op]
+
+    def __str__(self) -> str:
+        return f"{self.op} {_number(self.value)}"
+
+
+def _number(value: float) -> str:
+    return str(int(value)) if float(value).is_integer() else f"{value:g}"
+
+
+class RuleBase(BaseModel):
+    """Keys every kind shares. ``where`` arrives raw and leaves as Conditions."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+    name: str = Field(min_length=1)
+    description: str = ""
+    kind: str
+    source: Source = "jobs"
+    where: tuple[Condition, ...] = ()
+    group_by: tuple[str, ...] = ()
+    window: Duration = timedelta(minutes=15)
+    every: Duration | None = None
+    schedule: str | None = None
+    timezone: str | None = None
+    for_: Duration = Field(default=timedelta(0), alias="for")
+    keep_firing_for: Duration = timedelta(0)
+    severity: Severity = "warning"
+    notify: tuple[str, ...] = ()
+    repeat: Duration | None = timedelta(hours=4)
+    notify_resolved: bool = True
+    template: str | None = None
+    include_content: bool = False
+    labels: dict[str, str] = Field(default_factory=dict)
+    enabled: bool = True
+
+    @field_validator("where", mode="before")
+    @classmethod
+    def _parse_where(cls, raw: Any, info: ValidationInfo) -> tuple[Condition, ...]:
+        return parse_where(raw, cls.filter_table(info.data.get("source", "jobs")))
+
+    @classmethod
+    def filter_table(cls, source: str) -> str:
+        """The table ``where`` filters (cron_missed filters crons)."""
+        return source
+
+    @field_validator("group_by", mode="before")
+    @classmethod
+    def _check_group_by(cls, raw: Any, info: ValidationInfo) -> Any:
+        if isinstance(raw, str):
+            raw = [raw]
+        if isinstance(raw, list):
+            table = info.data.get("source", "jobs")
+            for index, column in enumerate(raw):
+                problem = column_problem(table, column)
+                if problem:
+                    raise PydanticCustomError("group_by", problem, {"subpath": [index]})
+        return raw
+
+    @field_validator("window")
+    @classmethod
+    def _positive_window(cls, value: timedelta) -> timedelta:
+        if value <= timedelta(0):
+            raise ValueError("the window must be longer than 0s")
+        return value
+
+    @field_validator("every")
+    @classmethod
+    def _positive_every(cls, value: timedelta | None) -> timedelta | None:
+        if value is not None and value <= timedelta(0):
+            raise ValueError("every must be longer than 0s")
+        return value
+
+    @field_validator("schedule")
+    @classmethod
+    def _check_schedule(cls, value: str | None) -> str | None:
+        if value is not None and (len(value.split()) != 5 or not croniter.is_valid(value)):
+            raise ValueError(f"{value!r} is not a five-field cron expression (e.g. '*/5 * * * *')")
+        return value
+
+    @field_validator("timezone")
+    @classmethod
+    def _check_timezone(cls, value: str | None) -> str | None:
+        if value is not None:
+            check_timezone(value)
+        return value
+
+    @field_validator("notify")
+    @classmethod
+    def _check_channels(cls, value: tuple[str, ...], info: ValidationInfo) -> tuple[str, ...]:
+        channels = (info.context or {}).get("channels")
+        if channels is not None:
+            for index, name in enumerate(value):
+                if name not in channels:
+                    known = ", ".join(sorted(channels)) or "none are configured"
+                    raise PydanticCustomError(
+                        "notify", f"unknown channel {name!r} (channels: {known})", {"subpath": [index]}
+                    )
+        return value
+
+    @model_validator(mode="after")
+    def _every_or_schedule(self) -> "RuleBase":
+        if self.every is not None and self.schedule is not None:
+            raise ValueError("give either every or schedule, not both")
+        return self
+
+    @property
+    def interval(self) -> timedelta:
+        """How often the rule runs when it has no cron schedule."""
+        return self.every or timedelta(minutes=1)
+
+    def history_span(self) -> timedelta:
+        """How much data before ``now`` one evaluation reads (for backtests' warm-up)."""
+        return self.window
+
+
+class ThresholdRule(RuleBase):
+    kind: Literal["threshold"]
+    threshold: Comparison
+
+
+class RatioRule(RuleBase):
+    kind: Literal["ratio"]
+    ratio: Comparison
+    min_total: int = Field(default=1, ge=1)
+    of: tuple[Condition, ...] = ()
+
+    @field_validator("of", mode="before")
+    @classmethod
+    def _parse_of(cls, raw: Any, info: ValidationInfo) -> tuple[Condition, ...]:
+        return parse_where(raw, info.data.get("source", "jobs"))
+
+
+class SpikeRule(RuleBase):
+    kind: Literal["spike"]
+    factor: float = 3.0
+    min_current: int = Field(default=1, ge=1)
+    reference: Duration | None = None
+    direction: Literal["up", "down", "both"] = "up"
+    min_reference: float = Field(default=1.0, gt=0)
+
+    @field_validator("factor")
+    @classmethod
+    def _factor_at_least_one(cls, value: float) -> float:
+        if value < 1:
+            raise ValueError(f"factor must be at least 1 (a spike is a multiple of the reference), got {value:g}")
+        return value
+
+    @property
+    def reference_span(self) -> timedelta:
+        return self.reference or self.window
+
+    def history_span(self) -> timedelta:
+        return self.window + self.reference_span
+
+
+class Baseline(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    periods: int = Field(ge=1, le=60)
+    factor: float = Field(gt=0)
+
+
+class MetricRule(RuleBase):
+    kind: Literal["metric"]
+    field: str
+    aggregate: Literal["count", "sum", "avg", "min", "max", "p95"] = "sum"
+    threshold: Comparison | None = None
+    baseline: Baseline | None = None
+    min_value: float | None = None
+
+    @field_validator("field")
+    @classmethod
+    def _check_field(cls, value: str, info: ValidationInfo) -> str:
+        problem = column_problem(info.data.get("source", "jobs"), value)
+        if problem:
+            raise ValueError(problem)
+        return value
+
+    @model_validator(mode="after")
+    def _one_condition(self) -> "MetricRule":
+        if (self.threshold is None) == (self.baseline is None):
+            raise ValueError("a metric rule takes exactly one of threshold or baseline")
+        if self.aggregate not in ("count", "min", "max"):
+            problem = column_problem(self.source, self.field, numeric=True)
+            if problem and not self.field.startswith("metadata."):
+                raise ValueError(f"field: {problem}")
+        return self
+
+    def history_span(self) -> timedelta:
+        periods = self.baseline.periods if self.baseline else 0
+        return self.window * (periods + 1)
+
+
+class AbsenceRule(RuleBase):
+    kind: Literal["absence"]
+    lookback: Duration
+
+    def history_span(self) -> timedelta:
+        return self.window + self.lookback
+
+
+class CronMissedRule(RuleBase):
+    kind: Literal["cron_missed"]
+    source: Source = "events"
+    grace: Duration = timedelta(minutes=15)
+    max_runs: int = Field(default=100, ge=1, le=1000)
+
+    @classmethod
+    def filter_table(cls, source: str) -> str:
+        return "crons"
+
+    def history_span(self) -> timedelta:
+        return timedelta(days=2) + self.grace
+
+
+class NewValueRule(RuleBase):
+    kind: Literal["new_value"]
+    field: str
+    lookback: Duration
+
+    @field_validator("field")
+    @classmethod
+    def _check_field(cls, value: str, info: ValidationInfo) -> str:
+        problem = column_problem(info.data.get("source", "jobs"), value)
+        if problem:
+            raise ValueError(problem)
+        return value
+
+    def history_span(self) -> timedelta:
+        return self.window + self.lookback
+
+
+class AnyRule(RuleBase):
+    kind: Literal["any"]
+    max_alerts: int = Field(default=50, ge=1, le=1000)
+
+
+Rule = Annotated[
+    Union[
+        ThresholdRule, RatioRule, SpikeRule, MetricRule, AbsenceRule, CronMissedRule, NewValueRule, AnyRule
+    ],
+    Field(discriminator="kind"),
+]
+RULE_KINDS = ("threshold", "ratio", "spike", "metric", "absence", "cron_missed", "new_value", "any")
+
+
+def check_timezone(name: str) -> ZoneInfo:
+    try:
+        return ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError) as exc:
+        raise ValueError(f"unknown time zone {name!r} (use an IANA name such as Europe/Berlin)") from exc

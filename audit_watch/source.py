@@ -1,0 +1,285 @@
+"""The audit store: engine, renamed tables, read-only connections, dialect helpers.
+
+Everything that differs between PostgreSQL and SQLite lives here, so that rule
+kinds build one portable SQLAlchemy select:
+
+- time comparisons: SQLite keeps ISO text with or without an offset, so exact
+  comparisons go through ``strftime`` (which applies the offset), next to a
+  coarse comparison on the raw column that can still use its index;
+- JSON metadata keys: ``->>`` on PostgreSQL, ``json_extract`` on SQLite, both
+  compared as text;
+- read-only transactions and a statement timeout per query.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import (
+    DateTime,
+    Float,
+    String,
+    Table,
+    and_,
+    case,
+    cast,
+    create_engine,
+    event,
+    func,
+    literal,
+    not_,
+    or_,
+    true,
+)
+from sqlalchemy.engine import Connection, Engine, make_url
+from sqlalchemy.pool import StaticPool
+from sqlalchemy.sql.elements import ColumnElement
+
+from audit_watch.config import SourceConfig
+from audit_watch.rule_model import Condition
+from audit_watch.schema import TIME_COLUMN, as_utc, build_tables, parse_timestamp
+from audit_watch.columns import JSON_COLUMN, TIME_COLUMNS, is_json_key
+
+_SQLITE_TIME_FORMAT = "%Y-%m-%d %H:%M:%f"
+
+
+def make_engine(url: str, readonly: bool = False, statement_timeout: timedelta | None = None) -> Engine:
+    """An engine for the audit store or the state database.
+
+    PostgreSQL: psycopg 3, pre-ping (survives a server restart), UTC session,
+    optional statement timeout. SQLite: a file opened read-only when asked;
+    an in-memory database shares one connection so that all sessions see it.
+    """
+    parsed = make_url(url)
+    if parsed.get_backend_name() == "postgresql":
+        if parsed.drivername == "postgresql":
+            parsed = parsed.set(drivername="postgresql+psycopg")
+        options = "-c TimeZone=UTC"
+        if statement_timeout:
+            options += f" -c statement_timeout={int(statement_timeout.total_seconds() * 1000)}"
+        return create_engine(parsed, pool_pre_ping=True, connect_args={"options": options})
+    if parsed.get_backend_name() == "sqlite":
+        database = parsed.database or ""
+        if database in ("", ":memory:"):
+            return create_engine(
+                "sqlite://", poolclass=StaticPool, connect_args={"check_same_thread": False}
+            )
+        if readonly and not database.startswith("file:"):
+            engine = create_engine(
+                f"sqlite:///file:{database}?mode=ro&uri=true",
+                connect_args={"timeout": 30, "check_same_thread": False},
+            )
+        else:
+            engine = create_engine(url, connect_args={"timeout": 30, "check_same_thread": False})
+        if statement_timeout:
+            _sqlite_progress_timeout(engine, statement_timeout)
+        return engine
+    return create_engine(parsed, pool_pre_ping=True)
+
+
+def _sqlite_progress_timeout(engine: Engine, timeout: timedelta) -> None:
+    """SQLite has no statement_timeout: interrupt a query that runs too long."""
+    import time
+
+    limit = timeout.total_seconds()
+
+    @event.listens_for(engine, "connect")
+    def _install(dbapi_connection: Any, record: Any) -> None:
+        state: dict[str, Any] = {"start": None}
+
+        def handler() -> int:
+            return 1 if state["start"] and time.monotonic() - state["start"] > limit else 0
+
+        dbapi_connection.set_progress_handler(handler, 100_000)
+        record.info["audit_watch_timer"] = state
+
+    @event.listens_for(engine, "before_cursor_execute")
+    def _start(conn: Any, *_args: Any) -> None:
+        state = conn.connection.info.get("audit_watch_timer")
+        if state is not None:
+            state["start"] = time.monotonic()
+
+
+
+@dataclass
+class AuditSource:
+    """The audit store as rule kinds see it."""
+
+    engine: Engine
+    tables: dict[str, Table]
+
+    @classmethod
+    def from_config(cls, config: SourceConfig, url: str | None = None, readonly: bool = True) -> "AuditSource":
+        engine = make_engine(url or config.url, readonly=readonly, statement_timeout=config.statement_timeout)
+        tables = build_tables(config.tables, config.columns, config.db_schema)
+        return cls(engine, tables)
+
+    @classmethod
+    def from_url(cls, url: str, readonly: bool = True) -> "AuditSource":
+        return cls.from_config(SourceConfig(url=url), readonly=readonly)
+
+    @property
+    def dialect(self) -> str:
+        return self.engine.dialect.name
+
+    @contextmanager
+    def connect(self) -> Iterator[Connection]:
+        """A read-only transaction (PostgreSQL enforces it; SQLite is opened read-only)."""
+        with self.engine.connect() as conn:
+            if self.dialect == "postgresql":
+                conn = conn.execution_options(postgresql_readonly=True)
+            with conn.begin():
+                yield conn
+
+    # --- columns ---------------------------------------------------------------------
+
+    def table(self, name: str) -> Table:
+        return self.tables[name]
+
+    def time_column(self, source: str) -> ColumnElement[Any]:
+        return self.tables[source].c[TIME_COLUMN[source]]
+
+    def column(self, source: str, name: str) -> ColumnElement[Any]:
+        """A rule's column by logical name: real, computed or a JSON metadata key (as text)."""
+        table = self.tables[source]
+        if name == "total_tokens" and source == "jobs":
+            return table.c.input_tokens + table.c.output_tokens
+        if is_json_key(source, name):
+            return self.json_text(table.c[JSON_COLUMN[source]], name.split(".", 1)[1])
+        return table.c[name]
+
+    def numeric_column(self, source: str, name: str) -> ColumnElement[Any]:
+        if is_json_key(source, name):
+            column = self.tables[source].c[JSON_COLUMN[source]]
+            key = name.split(".", 1)[1]
+            if self.dialect == "sqlite":
+                return func.json_extract(column, _json_path(key))
+            return cast(column[key].as_string(), Float)
+        return self.column(source, name)
+
+    def json_text(self, column: ColumnElement[Any], key: str) -> ColumnElement[Any]:
+        """A JSON key as text, the same on both backends (true/false, 429 -> '429')."""
+        if self.dialect == "sqlite":
+            path = _json_path(key)
+            kind = func.json_type(column, path)
+            return case(
+                (kind == "true", literal("true")),
+                (kind == "false", literal("false")),
+                else_=cast(func.json_extract(column, path), String),
+            )
+        return column[key].as_string()
+
+    def json_has_key(self, column: ColumnElement[Any], key: str) -> ColumnElement[bool]:
+        if self.dialect == "sqlite":
+            return func.json_type(column, _json_path(key)).is_not(None)
+        return column.op("?")(literal(key, String))
+
+    # --- time ------------------------------------------------------------------------
+
+    def time_value(self, column: ColumnElement[Any]) -> ColumnElement[Any]:
+        """A time column in a form that compares and orders correctly."""
+        if self.dialect == "sqlite":
+            return func.strftime(_SQLITE_TIME_FORMAT, column)
+        return column
+
+    def time_param(self, moment: datetime) -> ColumnElement[Any]:
+        moment = as_utc(moment)
+        if self.dialect == "sqlite":
+            return literal(moment.strftime("%Y-%m-%d %H:%M:%S.") + f"{moment.microsecond // 1000:03d}", String)
+        return literal(moment, DateTime(timezone=True))
+
+    def after(self, column: ColumnElement[Any], moment: datetime) -> ColumnElement[bool]:
+        return self.time_value(column) > self.time_param(moment)
+
+    def at_or_before(self, column: ColumnElement[Any], moment: datetime) -> ColumnElement[bool]:
+        return self.time_value(column) <= self.time_param(moment)
+
+    def flag_between(self, column: ColumnElement[Any], start: datetime, end: datetime) -> ColumnElement[bool]:
+        """``start < t <= end`` exactly (for CASE expressions inside aggregates)."""
+        return and_(self.after(column, start), self.at_or_before(column, end))
+
+    def between(self, column: ColumnElement[Any], start: datetime, end: datetime) -> ColumnElement[bool]:
+        """``start < t <= end`` as a WHERE clause that can use an index on ``column``."""
+        exact = self.flag_between(column, start, end)
+        if self.dialect != "sqlite":
+            return exact
+        # Text of any UTC offset lies within a day of the UTC instant: a date range on
+        # the raw column narrows by index, the exact test then decides.
+        low = (as_utc(start) - timedelta(days=1)).strftime("%Y-%m-%d")
+        high = (as_utc(end) + timedelta(days=2)).strftime("%Y-%m-%d")
+        return and_(column >= literal(low, String), column < literal(high, String), exact)
+
+    def window(self, source: str, start: datetime, end: datetime) -> ColumnElement[bool]:
+        return self.between(self.time_column(source), start, end)
+
+    def read_time(self, value: Any) -> datetime | None:
+        """A time value that came back from ``time_value`` or a raw column."""
+        if value is None:
+            return None
+        if isinstance(value, str):
+            return parse_timestamp(value)
+        return as_utc(value)
+
+    # --- where -----------------------------------------------------------------------
+
+    def conditions(self, table: str, conditions: tuple[Condition, ...]) -> ColumnElement[bool]:
+        if not conditions:
+            return true()
+        return and_(*(self.condition(table, c) for c in conditions))
+
+    def condition(self, table: str, cond: Condition) -> ColumnElement[bool]:
+        """One ``where`` entry as SQL; every value is a bound parameter."""
+        name, op, value = cond.column, cond.op, cond.value
+        json_key = is_json_key(table, name)
+        if op == "exists":
+            if json_key:
+                present = self.json_has_key(self.tables[table].c[JSON_COLUMN[table]], name.split(".", 1)[1])
+            else:
+                present = self.column(table, name).is_not(None)
+            return present if value else not_(present)
+        if name in TIME_COLUMNS and op in ("eq", "gt", "gte", "lt", "lte"):
+            return self._time_condition(table, name, op, value)
+        if op in ("gt", "gte", "lt", "lte"):
+            column = self.numeric_column(table, name) if json_key else self.column(table, name)
+            bound = literal(float(value)) if json_key else literal(value)
+            return {"gt": column > bound, "gte": column >= bound, "lt": column < bound, "lte": column <= bound}[op]
+        column = self.column(table, name)
+        if op == "contains":
+            return func.lower(column).contains(str(value).lower(), autoescape=True)
+        if json_key:
+            value = _as_json_text(value) if op in ("eq", "not") else [_as_json_text(v) for v in value]
+        if op == "eq":
+            return column.is_(None) if value is None else column == literal(value)
+        if op == "not":
+            return column.is_not(None) if value is None else or_(column != literal(value), column.is_(None))
+        if op == "in":
+            return column.in_(list(value))
+        if op == "not_in":
+            return or_(column.not_in(list(value)), column.is_(None))
+        raise ValueError(f"unknown operator {op!r}")
+
+    def _time_condition(self, table: str, name: str, op: str, value: Any) -> ColumnElement[bool]:
+        moment = value if isinstance(value, datetime) else parse_timestamp(str(value))
+        column, bound = self.time_value(self.tables[table].c[name]), self.time_param(moment)
+        return {
+            "eq": column == bound, "gt": column > bound, "gte": column >= bound,
+            "lt": column < bound, "lte": column <= bound,
+        }[op]
+
+
+def _json_path(key: str) -> str:
+    return '$."' + key.replace('"', '\\"') + '"'
+
+
+def _as_json_text(value: Any) -> Any:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if value is None:
+        return None
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    return str(value)

@@ -1,0 +1,154 @@
+"""YAML with line numbers, so every error can say ``file:line: field: message``.
+
+We compose the node tree (which keeps marks), construct the plain data from it,
+and keep a map from each path (``("rules", 0, "where", "status")``) to the line
+where it is written. An error about a missing key points at its nearest parent.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+Path_ = tuple[str | int, ...]
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One thing wrong with one input, formatted the way editors understand."""
+
+    file: str
+    line: int
+    field: str
+    message: str
+
+    def __str__(self) -> str:
+        where = f"{self.file}:{self.line}" if self.line else self.file
+        return f"{where}: {self.field}: {self.message}" if self.field else f"{where}: {self.message}"
+
+
+class InputError(Exception):
+    """Bad configuration, rules or templates: carries every problem found."""
+
+    def __init__(self, problems: Iterable[Problem]):
+        self.problems = list(problems)
+        super().__init__("\n".join(str(p) for p in self.problems))
+
+
+@dataclass
+class LocatedDocument:
+    """Parsed YAML plus the line of every path in it."""
+
+    file: str
+    data: Any
+    lines: dict[Path_, int] = field(default_factory=dict)
+
+    def line_of(self, path: Iterable[str | int]) -> int:
+        """The line of ``path``, or of its nearest written parent."""
+        key = tuple(path)
+        while key:
+            if key in self.lines:
+                return self.lines[key]
+            key = key[:-1]
+        return self.lines.get((), 1)
+
+    def problem(self, path: Iterable[str | int], message: str) -> Problem:
+        path = tuple(path)
+        return Problem(self.file, self.line_of(path), dotted(path), message)
+
+    def sub(self, prefix: Path_) -> "LocatedDocument":
+        """The part under ``prefix`` as a document of its own (same file and lines)."""
+        n = len(prefix)
+        data = self.data
+        for part in prefix:
+            data = data[part]
+        lines = {p[n:]: line for p, line in self.lines.items() if p[:n] == prefix}
+        return LocatedDocument(self.file, data, lines)
+
+
+def dotted(path: Iterable[str | int]) -> str:
+    out = ""
+    for part in path:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            out += ("." if out else "") + str(part)
+    return out
+
+
+def load_yaml(path: str | Path, text: str | None = None) -> LocatedDocument:
+    """Read one YAML file; a syntax error becomes an InputError with its line."""
+    name = str(path)
+    if text is None:
+        try:
+            text = Path(path).read_text(encoding="utf-8")
+        except OSError as exc:
+            raise InputError([Problem(name, 0, "", f"cannot read: {exc.strerror or exc}")]) from exc
+    loader = yaml.SafeLoader(text)
+    try:
+        node = loader.get_single_node()
+        if node is None:
+            return LocatedDocument(name, None, {(): 1})
+        data = loader.construct_document(node)
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        line = mark.line + 1 if mark else 0
+        message = " ".join(str(part) for part in (exc.context, exc.problem) if part)
+        raise InputError([Problem(name, line, "", f"YAML syntax error: {message}")]) from exc
+    except yaml.YAMLError as exc:
+        raise InputError([Problem(name, 0, "", f"YAML error: {exc}")]) from exc
+    finally:
+        loader.dispose()
+    lines: dict[Path_, int] = {}
+    _record_lines(node, (), lines)
+    return LocatedDocument(name, data, lines)
+
+
+def _record_lines(node: yaml.Node, path: Path_, lines: dict[Path_, int]) -> None:
+    lines.setdefault(path, node.start_mark.line + 1)
+    if isinstance(node, yaml.MappingNode):
+        for key_node, value_node in node.value:
+            key = key_node.value if isinstance(key_node, yaml.ScalarNode) else str(key_node.value)
+            child = path + (key,)
+            lines[child] = key_node.start_mark.line + 1
+            _record_lines(value_node, child, lines)
+    elif isinstance(node, yaml.SequenceNode):
+        for index, item in enumerate(node.value):
+            _record_lines(item, path + (index,), lines)
+
+
+_ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
+
+
+def interpolate_env(doc: LocatedDocument, environ: dict[str, str] | None = None) -> list[Problem]:
+    """Replace ``${NAME}`` in string values (after parsing, so a value cannot inject YAML).
+
+    Returns a problem per missing variable; the value of a variable is never shown.
+    """
+    env = os.environ if environ is None else environ
+    problems: list[Problem] = []
+
+    def substitute(value: Any, path: Path_) -> Any:
+        if isinstance(value, str):
+            def repl(match: re.Match[str]) -> str:
+                name = match.group(1)
+                if name not in env:
+                    problems.append(doc.problem(path, f"environment variable ${{{name}}} is not set"))
+                    return ""
+                return env[name]
+
+            return _ENV_REF.sub(repl, value)
+        if isinstance(value, dict):
+            return {k: substitute(v, path + (k,)) for k, v in value.items()}
+        if isinstance(value, list):
+            return [substitute(v, path + (i,)) for i, v in enumerate(value)]
+        return value
+
+    doc.data = substitute(doc.data, ())
+    return problems
