@@ -34,7 +34,7 @@ def column_problem(table: str, name: str, numeric: bool = False) -> str | None:
     if not isinstance(name, str) or not name:
         return "a column name is required"
     if is_json_key(table, name):
-        return None
+        return None  # JSON values are cast to numbers where a number is needed
     known = set(real_columns(table)) | COMPUTED_COLUMNS.get(table, set())
     if name not in known:
         extra = f", or {JSON_COLUMN[table]}.KEY" if table in JSON_COLUMN else ""

@@ -137,29 +137,49 @@ def problems_from_validation(doc: LocatedDocument, error: ValidationError, prefi
     problems = []
     for item in error.errors(include_url=False):
         ctx = item.get("ctx") or {}
-        loc = _written_path(doc, prefix, list(item["loc"]) + list(ctx.get("subpath", [])))
-        problems.append(doc.problem(loc, _friendly_message(item)))
+        loc = list(item["loc"]) + list(ctx.get("subpath", []))
+        if item["type"] in ("union_tag_invalid", "union_tag_not_found"):
+            loc.append(str(ctx.get("discriminator", "")).strip("'"))
+        problems.append(doc.problem(_written_path(doc, prefix, loc), _friendly_message(item)))
     return problems
 
 
 def _written_path(doc: LocatedDocument, prefix: tuple, loc: list[Any]) -> tuple:
-    """Drop the parts pydantic adds that the YAML does not have (union tags such as
-    ``spike`` or ``slack``, validator names), keeping the path as the user wrote it."""
+    """The path as the user wrote it, without the tags pydantic inserts for a
+    discriminated union (``spike``, ``slack``) or the names of validators.
+
+    A tag comes first when pydantic enters the union, so at each mapping the
+    first part equal to its own ``kind``/``type`` value is the tag, even when a
+    key has the same name (a threshold rule's ``threshold:``).
+    """
+    node: Any = doc.data
+    for part in prefix:
+        node = _child(node, part)
     path = tuple(prefix)
-    for index, part in enumerate(loc):
-        candidate = path + (part,)
-        is_last = index == len(loc) - 1
-        if candidate in doc.lines or isinstance(part, int) or is_last:
-            path = candidate
-        elif isinstance(part, str) and (part in _UNION_TAGS or part.startswith("function-")):
+    tag_taken = False
+    for part in loc:
+        if isinstance(part, str) and part.startswith("function-"):
             continue
-        else:
-            path = candidate
+        if (
+            not tag_taken
+            and isinstance(node, dict)
+            and isinstance(part, str)
+            and part in (node.get("kind"), node.get("type"))
+        ):
+            tag_taken = True
+            continue
+        path += (part,)
+        node = _child(node, part)
+        tag_taken = False
     return path
 
 
-_UNION_TAGS = {"threshold", "ratio", "spike", "metric", "absence", "cron_missed", "new_value", "any",
-               "slack", "slack_webhook", "email", "file"}
+def _child(node: Any, part: Any) -> Any:
+    if isinstance(node, dict):
+        return node.get(part)
+    if isinstance(node, list) and isinstance(part, int) and 0 <= part < len(node):
+        return node[part]
+    return None
 
 
 def _friendly_message(item: dict[str, Any]) -> str:
@@ -188,25 +208,34 @@ def load_config(path: str | Path | None = None, environ: dict[str, str] | None =
 
     Raises InputError carrying every problem found.
     """
+    config, problems = read_config(path, environ)
+    if problems or config is None:
+        raise InputError(problems)
+    return config
+
+
+def read_config(
+    path: str | Path | None = None, environ: dict[str, str] | None = None
+) -> tuple[Config | None, list[Problem]]:
+    """The config and its problems. A config whose only problems are missing
+    environment variables is still returned, so ``check`` can go on checking."""
     if path is None:
         default = Path.cwd() / DEFAULT_CONFIG_NAME
         if not default.exists():
-            return Config(base_dir=Path.cwd())
+            return Config(base_dir=Path.cwd()), []
         path = default
     path = Path(path)
-    doc = load_yaml(path)
+    try:
+        doc = load_yaml(path)
+    except InputError as exc:
+        return None, exc.problems
+    base = {"base_dir": path.resolve().parent, "file": str(path)}
     if doc.data is None:
-        return Config(base_dir=path.resolve().parent, file=str(path))
+        return Config(**base), []
     if not isinstance(doc.data, dict):
-        raise InputError([doc.problem((), "the configuration must be a mapping of keys")])
+        return None, [doc.problem((), "the configuration must be a mapping of keys")]
     problems = interpolate_env(doc, environ)
     try:
-        config = Config.model_validate(
-            {**doc.data, "base_dir": path.resolve().parent, "file": str(path)}
-        )
+        return Config.model_validate({**doc.data, **base}), problems
     except ValidationError as exc:
-        problems += problems_from_validation(doc, exc)
-        raise InputError(problems) from None
-    if problems:
-        raise InputError(problems)
-    return config
+        return None, problems + problems_from_validation(doc, exc)

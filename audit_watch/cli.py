@@ -1,0 +1,289 @@
+"""The ``audit-watch`` command line: thin commands over the pipeline modules.
+
+Exit codes (rules.md): 0 ok, 1 a failed check or expectation, 2 bad usage or input.
+The clock is read once, here, when ``--now`` is not given.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import sys
+from collections.abc import Callable
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import click
+
+from audit_watch import __version__
+from audit_watch.config import Config, load_config
+from audit_watch.durations import parse_duration
+from audit_watch.schema import parse_timestamp
+from audit_watch.yaml_source import InputError
+
+EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT = 0, 1, 2
+
+
+class Timestamp(click.ParamType):
+    name = "TS"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> datetime:
+        if isinstance(value, datetime):
+            return value
+        try:
+            return parse_timestamp(value)
+        except ValueError:
+            self.fail(f"{value!r} is not an ISO-8601 time such as 2026-11-20T09:30:00Z", param, ctx)
+
+
+class DurationType(click.ParamType):
+    name = "DURATION"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        try:
+            return parse_duration(value)
+        except ValueError as exc:
+            self.fail(str(exc), param, ctx)
+
+
+TS = Timestamp()
+DURATION = DurationType()
+
+
+class Settings:
+    """What the global options say; the config is loaded once, on first use."""
+
+    def __init__(self) -> None:
+        self.config_path: str | None = None
+        self.source_url: str | None = None
+        self._config: Config | None = None
+
+    @property
+    def config(self) -> Config:
+        if self._config is None:
+            self._config = load_config(self.config_path)
+        return self._config
+
+
+def common_options(command: Callable[..., Any]) -> Callable[..., Any]:
+    """``--config`` and ``--source`` on every command (also accepted before it)."""
+
+    @click.option("--config", "config_path", type=click.Path(dir_okay=False), help="Config file (default ./audit-watch.yaml).")
+    @click.option("--source", "source_url", help="SQLAlchemy URL of the audit store (overrides source.url).")
+    @click.pass_context
+    @functools.wraps(command)
+    def wrapper(ctx: click.Context, config_path: str | None, source_url: str | None, **kwargs: Any) -> Any:
+        settings: Settings = ctx.ensure_object(Settings)
+        settings.config_path = config_path or settings.config_path
+        settings.source_url = source_url or settings.source_url
+        try:
+            return ctx.invoke(command, settings, **kwargs)
+        except InputError as exc:
+            for problem in exc.problems:
+                click.echo(str(problem), err=True)
+            ctx.exit(EXIT_BAD_INPUT)
+
+    return wrapper
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--config", "config_path", type=click.Path(dir_okay=False), help="Config file (default ./audit-watch.yaml).")
+@click.option("--source", "source_url", help="SQLAlchemy URL of the audit store (overrides source.url).")
+@click.option("--log-level", default="WARNING", show_default=True,
+              type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False))
+@click.version_option(__version__, prog_name="audit-watch")
+@click.pass_context
+def main(ctx: click.Context, config_path: str | None, source_url: str | None, log_level: str) -> None:
+    """Alerts and reports over Auxot's audit logs (Jobs, Threads, Events)."""
+    logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    settings = ctx.ensure_object(Settings)
+    settings.config_path, settings.source_url = config_path, source_url
+
+
+def _now(value: datetime | None) -> datetime:
+    return value or datetime.now(timezone.utc)
+
+
+def _source(settings: Settings) -> Any:
+    from audit_watch.source import AuditSource
+
+    return AuditSource.from_config(settings.config.source, settings.source_url)
+
+
+def _rules_of_file(settings: Settings, file: str, rule_name: str | None) -> list[Any]:
+    from audit_watch.rule_loader import load_rule_file
+
+    rules = load_rule_file(file, {"channels": settings.config.channels} if settings.config.channels else None)
+    if rule_name:
+        rules = [r for r in rules if r.name == rule_name]
+        if not rules:
+            raise click.BadParameter(f"no rule named {rule_name!r} in {file}", param_hint="--rule")
+    if not rules:
+        raise click.BadParameter(f"{file} holds no rule", param_hint="FILE")
+    return rules
+
+
+# --- check ----------------------------------------------------------------------------
+
+
+@main.command()
+@click.option("--connect", is_flag=True, help="Also connect to the audit store and check tables and columns.")
+@common_options
+def check(settings: Settings, connect: bool) -> None:
+    """Validate config, rules and templates; every problem as file:line: field: message."""
+    from audit_watch.check import run_check
+
+    report = run_check(settings.config_path, settings.source_url, connect)
+    for problem in report.problems:
+        click.echo(str(problem), err=True)
+    if report.problems:
+        click.echo(f"{len(report.problems)} problem(s).", err=True)
+        sys.exit(EXIT_FAILED)
+    click.echo(f"ok: {report.rules} rules, {report.channels} channels, {report.templates} templates.")
+
+
+# --- test-rule and backtest -----------------------------------------------------------
+
+
+@main.command("test-rule")
+@click.argument("file", type=click.Path(exists=True, dir_okay=False))
+@click.option("--now", type=TS, help="Evaluate as of this time (ISO-8601); default: now.")
+@click.option("--rule", "rule_name", help="Only this rule of the file.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON: {rule, alerts: [{group, value, row_ids, links}]}.")
+@common_options
+def test_rule(settings: Settings, file: str, now: datetime | None, rule_name: str | None, as_json: bool) -> None:
+    """Evaluate a rule once and print what would fire. Sends nothing, changes nothing."""
+    from audit_watch.evaluate import evaluate_rule
+    from audit_watch.terminal import alerts_table, console
+
+    moment = _now(now)
+    rules = _rules_of_file(settings, file, rule_name)
+    src = _source(settings)
+    failed = False
+    for rule in rules:
+        evaluation = evaluate_rule(rule, src, moment, settings.config.links)
+        if evaluation.error:
+            failed = True
+            click.echo(f"{rule.name}: evaluation failed: {evaluation.error}", err=True)
+            continue
+        if as_json:
+            click.echo(json.dumps(_test_rule_json(rule.name, moment, evaluation.alerts), default=str))
+        else:
+            title = f"{rule.name} at {moment:%Y-%m-%d %H:%M:%S} UTC: {len(evaluation.alerts)} alert(s)"
+            console.print(alerts_table(evaluation.alerts, title=title, with_rule=False))
+    sys.exit(EXIT_BAD_INPUT if failed else EXIT_OK)
+
+
+def _test_rule_json(name: str, now: datetime, alerts: list[Any]) -> dict[str, Any]:
+    from audit_watch.alert import number
+
+    return {
+        "rule": name,
+        "now": now.isoformat(),
+        "alerts": [
+            {
+                "group": a.group,
+                "value": number(a.value),
+                "row_ids": a.row_ids,
+                "links": a.links,
+                "group_names": a.group_names,
+                "threshold": a.threshold,
+                "baseline": a.baseline,
+                "list_link": a.list_link,
+                "window": {"from": a.window_start.isoformat(), "to": a.window_end.isoformat()},
+                "details": a.details,
+            }
+            for a in alerts
+        ],
+    }
+
+
+@main.command()
+@click.argument("file", type=click.Path(exists=True, dir_okay=False))
+@click.option("--from", "start", type=TS, required=True, help="First evaluation time.")
+@click.option("--to", "end", type=TS, required=True, help="Last evaluation time.")
+@click.option("--step", type=DURATION, default="1h", show_default=True, help="Time between evaluations.")
+@click.option("--rule", "rule_name", help="Only this rule of the file.")
+@click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
+@common_options
+def backtest(settings: Settings, file: str, start: datetime, end: datetime, step: Any,
+             rule_name: str | None, as_json: bool) -> None:
+    """Evaluate a rule at every step of a range and summarise when it would have fired."""
+    from audit_watch.backtest import backtest as run_backtest
+    from audit_watch.terminal import backtest_summary, backtest_tables, console
+
+    if end < start:
+        raise click.BadParameter("--to is before --from", param_hint="--to")
+    if step.total_seconds() <= 0:
+        raise click.BadParameter("the step must be longer than 0s", param_hint="--step")
+    src = _source(settings)
+    failed = False
+    for rule in _rules_of_file(settings, file, rule_name):
+        result = run_backtest(rule, src, start, end, step, settings.config.links)
+        failed = failed or bool(result.errors)
+        if as_json:
+            click.echo(json.dumps(result.to_json(), default=str))
+            continue
+        for table in backtest_tables(result):
+            console.print(table)
+        console.print(backtest_summary(result))
+        for at, error in result.errors[:5]:
+            console.print(f"[red]error at {at:%Y-%m-%d %H:%M}[/]: {error}")
+    sys.exit(EXIT_BAD_INPUT if failed else EXIT_OK)
+
+
+# --- test-rules -----------------------------------------------------------------------
+
+
+@main.command("test-rules")
+@click.argument("files", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False))
+@common_options
+def test_rules(settings: Settings, files: tuple[str, ...]) -> None:
+    """Run rule unit tests (YAML: rows at relative times, expected alerts)."""
+    from audit_watch.ruletest import run_test_file
+    from audit_watch.terminal import console, rule_test_lines
+
+    results = []
+    for file in files:
+        results.extend(run_test_file(file))
+    for line in rule_test_lines(results):
+        console.print(line)
+    failed = sum(1 for r in results if not r.passed)
+    console.print(f"{len(results) - failed} passed, {failed} failed")
+    sys.exit(EXIT_FAILED if failed else EXIT_OK)
+
+
+# --- seed and demo --------------------------------------------------------------------
+
+
+@main.command()
+@click.option("--db", "url", required=True, help="SQLAlchemy URL of the database to fill.")
+@click.option("--days", default=30, show_default=True, type=click.IntRange(1, 366))
+@click.option("--seed", "seed_value", default=42, show_default=True, type=int)
+@click.option("--scale", default=1.0, show_default=True, type=click.FloatRange(0.01, 1000))
+@click.option("--end", type=TS, help="Last moment of the data (default: the current hour).")
+@common_options
+def seed(settings: Settings, url: str, days: int, seed_value: int, scale: float, end: datetime | None) -> None:
+    """Write generated Auxot activity, with known incidents, into any database."""
+    from audit_watch.seed import seed_database
+
+    summary = seed_database(url, days=days, seed=seed_value, scale=scale, end=end, progress=True)
+    click.echo(str(summary))
+
+
+@main.command()
+@click.option("--dir", "folder", default="demo", show_default=True, type=click.Path(file_okay=False))
+@click.option("--scale", default=0.25, show_default=True, type=click.FloatRange(0.01, 10))
+@click.option("--fresh", is_flag=True, help="Seed the demo store again even when it exists.")
+@common_options
+def demo(settings: Settings, folder: str, scale: float, fresh: bool) -> None:
+    """Build the embedded demo store, run every bundled rule once, deliver to files."""
+    from audit_watch.demo import run_demo
+
+    sys.exit(run_demo(Path(folder), scale=scale, fresh=fresh))
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()
