@@ -1,0 +1,138 @@
+"""`audit-watch check`: every bad input is a `file:line: field: message`, exit 1, no traceback."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from audit_watch.cli import main
+
+CONFIG = """\
+source: {url: "sqlite:///audit.db"}
+rules: [rules/]
+templates: [templates/]
+channels:
+  oncall: {type: slack, token: "${AW_TEST_TOKEN}", channel: "#ops"}
+  archive: {type: file, path: ./outbox}
+"""
+
+GOOD_RULE = """\
+name: failed-jobs
+kind: threshold
+source: jobs
+where: {status: failed}
+group_by: [agent_id]
+window: 15m
+threshold: {op: ">=", value: 5}
+notify: [oncall]
+"""
+
+
+def _run_check(tmp_path: Path, files: dict[str, str], env: dict[str, str] | None = None) -> tuple[int, str]:
+    (tmp_path / "rules").mkdir(exist_ok=True)
+    (tmp_path / "templates").mkdir(exist_ok=True)
+    (tmp_path / "audit-watch.yaml").write_text(files.pop("audit-watch.yaml", CONFIG))
+    for name, text in files.items():
+        path = tmp_path / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(textwrap.dedent(text))
+    result = CliRunner().invoke(
+        main, ["--config", str(tmp_path / "audit-watch.yaml"), "check"],
+        env={"AW_TEST_TOKEN": "xoxb-secret-value", **(env or {})},
+    )
+    assert result.exception is None or isinstance(result.exception, SystemExit), result.exception
+    return result.exit_code, result.output
+
+
+# (description, files, expected "file:line: field" fragment, message fragment)
+CASES = [
+    ("yaml syntax", {"rules/r.yaml": "name: r\nkind: threshold\n  bad: [\n"}, "r.yaml:3", "YAML syntax error"),
+    ("unknown kind", {"rules/r.yaml": "name: r\nkind: frobnicate\n"}, "r.yaml:2: kind", "unknown value 'frobnicate'"),
+    ("unknown key", {"rules/r.yaml": GOOD_RULE + "notfiy: [oncall]\n"}, "r.yaml:9: notfiy", "unknown key"),
+    ("bad duration", {"rules/r.yaml": GOOD_RULE.replace("window: 15m", "window: 15x")}, "r.yaml:6: window", "not a duration"),
+    ("bad op", {"rules/r.yaml": GOOD_RULE.replace('op: ">="', 'op: "=>"')}, "r.yaml:7: threshold.op", "'=>'"),
+    ("unknown column", {"rules/r.yaml": GOOD_RULE.replace("group_by: [agent_id]", "group_by: [agent]")},
+     "r.yaml:5: group_by[0]", "unknown column 'agent'"),
+    ("unknown where column", {"rules/r.yaml": GOOD_RULE.replace("where: {status: failed}", "where:\n  stat: failed")},
+     "r.yaml:5: where.stat", "unknown column 'stat'"),
+    ("unknown where operator", {"rules/r.yaml": GOOD_RULE.replace("where: {status: failed}", "where:\n  error: {like: quota}")},
+     "r.yaml:5: where.error.like", "unknown operator 'like'"),
+    ("negative grace", {"rules/r.yaml": "name: r\nkind: cron_missed\ngrace: -5m\n"}, "r.yaml:3: grace", "cannot be negative"),
+    ("unknown channel", {"rules/r.yaml": GOOD_RULE.replace("notify: [oncall]", "notify: [oncall, pager]")},
+     "r.yaml:8: notify[1]", "unknown channel 'pager'"),
+    ("duplicate name", {"rules/a.yaml": GOOD_RULE, "rules/b.yaml": GOOD_RULE}, "b.yaml:1: name", "duplicate rule name"),
+    ("bad cron expression", {"rules/r.yaml": GOOD_RULE + 'schedule: "61 * * * *"\n'}, "r.yaml:9: schedule", "cron expression"),
+    ("spike factor 0", {"rules/r.yaml": "name: r\nkind: spike\nwindow: 1h\nfactor: 0\n"}, "r.yaml:4: factor", "at least 1"),
+    ("missing env var", {"audit-watch.yaml": CONFIG.replace("AW_TEST_TOKEN", "AW_TEST_MISSING")},
+     "audit-watch.yaml:5: channels.oncall.token", "${AW_TEST_MISSING} is not set"),
+    ("template syntax", {"templates/alert.slack.j2": "hello\n{% if x %}\n{{ y }\n"}, "alert.slack.j2:3: template", ""),
+    ("empty file", {"rules/r.yaml": ""}, "r.yaml:1", "empty file"),
+    ("file that is a list", {"rules/r.yaml": "- name: r\n  kind: any\n"}, "r.yaml:1", "not a bare list"),
+    ("bad time zone", {"rules/r.yaml": GOOD_RULE + "timezone: Mars/Olympus\n"}, "r.yaml:9: timezone", "unknown time zone"),
+    ("threshold and baseline both", {"rules/r.yaml": "name: r\nkind: metric\nfield: total_tokens\nwindow: 1d\n"
+                                     "threshold: {op: '>', value: 1}\nbaseline: {periods: 7, factor: 2}\n"},
+     "r.yaml:1", "exactly one of threshold or baseline"),
+]
+
+
+@pytest.mark.parametrize("files, where, message", [c[1:] for c in CASES], ids=[c[0] for c in CASES])
+def test_check_reports_file_line_field(tmp_path: Path, files: dict[str, str], where: str, message: str) -> None:
+    code, output = _run_check(tmp_path, dict(files))
+    assert code == 1, output
+    assert "Traceback" not in output
+    lines = [line for line in output.splitlines() if where in line]
+    assert lines, f"expected {where!r} in:\n{output}"
+    assert message in lines[0], output
+
+
+def test_check_passes_a_good_setup(tmp_path: Path) -> None:
+    code, output = _run_check(tmp_path, {"rules/r.yaml": GOOD_RULE})
+    assert code == 0, output
+    assert "ok: 1 rules, 2 channels" in output
+
+
+def test_check_reports_every_problem_not_just_the_first(tmp_path: Path) -> None:
+    files = {
+        "rules/a.yaml": GOOD_RULE.replace("window: 15m", "window: soon"),
+        "rules/b.yaml": "name: b\nkind: spike\nfactor: 0\n",
+        "rules/c.yaml": "",
+    }
+    code, output = _run_check(tmp_path, files)
+    assert code == 1
+    assert "a.yaml:6: window" in output and "b.yaml:3: factor" in output and "c.yaml:1" in output
+    assert "3 problem(s)" in output
+
+
+def test_check_never_prints_a_secret(tmp_path: Path) -> None:
+    files = {"rules/r.yaml": GOOD_RULE.replace("notify: [oncall]", "notify: [nope]")}
+    code, output = _run_check(tmp_path, files, env={"AW_TEST_TOKEN": "xoxb-do-not-print-me"})
+    assert code == 1
+    assert "xoxb-do-not-print-me" not in output
+
+
+def test_env_value_cannot_inject_yaml(tmp_path: Path) -> None:
+    """${VAR} is replaced after parsing: a value with YAML syntax stays a string."""
+    config = CONFIG.replace('channel: "#ops"', 'channel: "${AW_TEST_CHANNEL}"')
+    code, output = _run_check(
+        tmp_path, {"audit-watch.yaml": config, "rules/r.yaml": GOOD_RULE},
+        env={"AW_TEST_CHANNEL": "#ops}\nextra: {type: file"},
+    )
+    assert code == 0, output
+
+
+def test_check_as_a_real_process_exits_1_without_traceback(tmp_path: Path) -> None:
+    (tmp_path / "rules").mkdir()
+    (tmp_path / "rules" / "r.yaml").write_text("name: r\nkind: threshold\nwindow: 15x\nthreshold: {op: '>', value: 1}\n")
+    (tmp_path / "audit-watch.yaml").write_text("rules: [rules/]\n")
+    proc = subprocess.run(
+        [sys.executable, "-m", "audit_watch", "--config", str(tmp_path / "audit-watch.yaml"), "check"],
+        capture_output=True, text=True, timeout=60,
+    )
+    assert proc.returncode == 1
+    assert "Traceback" not in proc.stderr
+    assert "r.yaml:3: window:" in proc.stderr
