@@ -265,7 +265,7 @@ class MetricRule(RuleBase):
     @field_validator("field")
     @classmethod
     def _check_field(cls, value: str, info: ValidationInfo) -> str:
-        numeric = info.data.get("aggregate", "sum") not in ("count", "min", "max")
+        numeric = info.data.get("aggregate", "sum") != "count"
         problem = column_problem(info.data.get("source", "jobs"), value, numeric=numeric)
         if problem:
             raise ValueError(problem)

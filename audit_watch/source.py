@@ -42,7 +42,7 @@ from sqlalchemy.sql.elements import ColumnElement
 from audit_watch.config import SourceConfig
 from audit_watch.rule_model import Condition
 from audit_watch.schema import TIME_COLUMN, as_utc, build_tables, parse_timestamp
-from audit_watch.columns import JSON_COLUMN, TIME_COLUMNS, is_json_key
+from audit_watch.columns import JSON_COLUMN, NUMERIC_COLUMNS, TIME_COLUMNS, is_json_key
 
 _SQLITE_TIME_FORMAT = "%Y-%m-%d %H:%M:%f"
 
@@ -153,12 +153,25 @@ class AuditSource:
         return table.c[name]
 
     def numeric_column(self, source: str, name: str) -> ColumnElement[Any]:
+        """A column as a number; a JSON key only where it holds a JSON number, else NULL.
+
+        The same on both backends: on PostgreSQL a bare cast would fail the whole
+        query on one ``"status": "ok"``, and SQLite would compare such text as greater
+        than any number.
+        """
         if is_json_key(source, name):
             column = self.tables[source].c[JSON_COLUMN[source]]
             key = name.split(".", 1)[1]
             if self.dialect == "sqlite":
-                return func.json_extract(column, _json_path(key))
-            return cast(column[key].as_string(), Float)
+                path = _json_path(key)
+                return case(
+                    (func.json_type(column, path).in_(["integer", "real"]), func.json_extract(column, path)),
+                    else_=None,
+                )
+            return case(
+                (func.jsonb_typeof(column[key]) == "number", cast(column[key].as_string(), Float)),
+                else_=None,
+            )
         return self.column(source, name)
 
     def json_text(self, column: ColumnElement[Any], key: str) -> ColumnElement[Any]:
@@ -176,7 +189,7 @@ class AuditSource:
     def json_has_key(self, column: ColumnElement[Any], key: str) -> ColumnElement[bool]:
         if self.dialect == "sqlite":
             return func.json_type(column, _json_path(key)).is_not(None)
-        return column.op("?")(literal(key, String))
+        return column.op("?", is_comparison=True)(literal(key, String))
 
     # --- time ------------------------------------------------------------------------
 
@@ -243,6 +256,8 @@ class AuditSource:
             return present if value else not_(present)
         if name in TIME_COLUMNS and op in ("eq", "gt", "gte", "lt", "lte"):
             return self._time_condition(table, name, op, value)
+        if not json_key:
+            value = self._coerce(table, name, value)
         if op in ("gt", "gte", "lt", "lte"):
             column = self.numeric_column(table, name) if json_key else self.column(table, name)
             bound = literal(float(value)) if json_key else literal(value)
@@ -261,6 +276,39 @@ class AuditSource:
         if op == "not_in":
             return or_(column.not_in(list(value)), column.is_(None))
         raise ValueError(f"unknown operator {op!r}")
+
+    def _coerce(self, table: str, name: str, value: Any) -> Any:
+        """A where value in its column's type, so both backends compare alike.
+
+        YAML reads an unquoted id (``agent_id: 12345``) as a number: PostgreSQL
+        rejects ``text = integer`` where SQLite quietly converts. Numbers become text
+        for text columns; numeric text becomes a number for numeric columns.
+        """
+        if name in NUMERIC_COLUMNS.get(table, set()):
+            numeric = True
+        elif name in self.tables[table].c and isinstance(self.tables[table].c[name].type, String):
+            numeric = False
+        else:
+            return value  # booleans, JSON: as written
+
+        def one(item: Any) -> Any:
+            if item is None:
+                return None
+            if not numeric:
+                if isinstance(item, bool):
+                    return "true" if item else "false"
+                return str(item) if isinstance(item, (int, float)) else item
+            if isinstance(item, str):
+                try:
+                    return int(item)
+                except ValueError:
+                    try:
+                        return float(item)
+                    except ValueError:
+                        raise ValueError(f"where {name}: {item!r} is not a number") from None
+            return item
+
+        return [one(item) for item in value] if isinstance(value, list) else one(value)
 
     def _time_condition(self, table: str, name: str, op: str, value: Any) -> ColumnElement[bool]:
         moment = value if isinstance(value, datetime) else parse_timestamp(str(value))

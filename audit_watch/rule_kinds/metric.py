@@ -69,7 +69,12 @@ class Metric(RuleKind):
         periods = rule.baseline.periods if rule.baseline else 0
         time = src.time_column(rule.source)
         groups = group_columns(src, rule.source, rule.group_by)
-        value = src.numeric_column(rule.source, rule.field)
+        # count counts rows where the field is set (a text JSON key too); the other
+        # aggregates need numbers (a JSON key counts only where it holds a number).
+        if rule.aggregate == "count":
+            value = src.column(rule.source, rule.field)
+        else:
+            value = src.numeric_column(rule.source, rule.field)
         rows = (
             select(*groups, bucket_index(src, time, rule, now, periods).label("bucket"), value.label("v"))
             .where(

@@ -36,15 +36,23 @@ class Spike(RuleKind):
             .group_by(*groups)
             .subquery()
         )
-        scale = rule.window.total_seconds() / rule.reference_span.total_seconds()
-        reference_scaled = cast(counted.c.reference, Float) * scale
-        up = and_(counted.c.current >= reference_scaled * rule.factor, counted.c.current >= rule.min_current)
-        down = and_(reference_scaled >= rule.min_reference, counted.c.current <= reference_scaled / rule.factor)
+        window_s = rule.window.total_seconds()
+        reference_s = rule.reference_span.total_seconds()
+        # Compared multiplied out (reference * window vs. x * reference span) rather than
+        # through the scale factor: 49 rows over 49m scale to exactly 1 per minute, where
+        # 49 * (60 / 2940) would be 0.9999999999999999 and miss min_reference: 1.
+        current = cast(counted.c.current, Float)
+        reference_w = cast(counted.c.reference, Float) * window_s
+        up = and_(current * reference_s >= reference_w * rule.factor, counted.c.current >= rule.min_current)
+        down = and_(
+            reference_w >= rule.min_reference * reference_s,
+            current * rule.factor * reference_s <= reference_w,
+        )
         fires = {"up": up, "down": down, "both": or_(up, down)}.get(rule.direction, false())
         stmt = select(counted, up.label("is_up")).where(fires)
         findings = []
         for row in ctx.conn.execute(stmt):
-            baseline = float(row.reference) * scale
+            baseline = float(row.reference) * window_s / reference_s
             is_up = bool(row.is_up)
             threshold = (
                 f">= {_fmt(max(rule.factor * baseline, rule.min_current))}"
