@@ -1,11 +1,16 @@
-"""``ratio``: matching rows / rows of the denominator (``of``) in the window."""
+"""``ratio``: matching rows / rows of the denominator (``of``) in the window.
+
+The numerator counts rows that match ``where`` among the denominator's rows, so
+the ratio is a share (0..1): ``where: {status: failed}`` with
+``of: {job_type: chat_reply}`` is the share of chat replies that failed.
+"""
 
 from __future__ import annotations
 
-from sqlalchemy import Float, case, cast, func, or_, select, true
+from sqlalchemy import Float, and_, case, cast, func, select
 
 from audit_watch.alert import Finding
-from audit_watch.rule_kinds.base import EvalContext, RuleKind, compare, group_columns, group_of
+from audit_watch.rule_kinds.base import EvalContext, RuleKind, compare, group_columns, group_of, sample_rows
 from audit_watch.rule_model import RatioRule
 
 
@@ -16,15 +21,14 @@ class Ratio(RuleKind):
         src = ctx.src
         groups = group_columns(src, rule.source, rule.group_by)
         numerator_cond = src.conditions(rule.source, rule.where)
-        denominator_cond = src.conditions(rule.source, rule.of) if rule.of else true()
-        rows_of_interest = or_(numerator_cond, denominator_cond) if rule.of else true()
+        denominator_cond = src.conditions(rule.source, rule.of)
         counted = (
             select(
                 *groups,
                 func.sum(case((numerator_cond, 1), else_=0)).label("matching"),
-                func.sum(case((denominator_cond, 1), else_=0)).label("total"),
+                func.count().label("total"),
             )
-            .where(rows_of_interest, src.window(rule.source, ctx.window_start(rule), ctx.now))
+            .where(denominator_cond, src.window(rule.source, ctx.window_start(rule), ctx.now))
             .group_by(*groups)
             .subquery()
         )
@@ -41,3 +45,11 @@ class Ratio(RuleKind):
             )
             for row in ctx.conn.execute(stmt)
         ]
+
+    def sample(self, rule: RatioRule, ctx: EvalContext, findings: list[Finding]) -> None:
+        # The evidence is the numerator's rows: matching `where` among the denominator's.
+        conditions = and_(
+            ctx.src.conditions(rule.source, rule.where + rule.of),
+            ctx.src.window(rule.source, ctx.window_start(rule), ctx.now),
+        )
+        sample_rows(ctx, rule.source, rule.group_by, conditions, findings)
