@@ -1,0 +1,126 @@
+"""Email through ``smtplib``: one connection per batch, multipart/alternative.
+
+STARTTLS (``starttls: true``, usually port 587) or implicit TLS (``ssl: true``,
+usually 465), login when a username is set, and always a ``timeout`` (the
+default would wait forever). Repeats and resolutions carry ``In-Reply-To`` and
+``References`` of the firing message, so mail clients thread them.
+
+4xx answers and broken connections are retried; 5xx answers and a refused
+login are permanent.
+"""
+
+from __future__ import annotations
+
+import logging
+import smtplib
+import ssl
+from collections.abc import Sequence
+from email.message import EmailMessage
+from email.utils import format_datetime
+
+from audit_watch.channels.base import Channel, DeliveryResult, Notification, short_error
+from audit_watch.config import EmailChannel
+
+log = logging.getLogger(__name__)
+
+
+class EmailSender(Channel):
+    def __init__(self, name: str, config: EmailChannel, ssl_context: ssl.SSLContext | None = None) -> None:
+        super().__init__(name)
+        self.config = config
+        self.ssl_context = ssl_context
+
+    def build(self, notification: Notification) -> EmailMessage:
+        payload = notification.payload
+        message = EmailMessage()
+        message["Subject"] = payload["subject"]
+        message["From"] = self.config.from_
+        message["To"] = ", ".join(self.config.to)
+        if self.config.cc:
+            message["Cc"] = ", ".join(self.config.cc)
+        message["Date"] = format_datetime(notification.created_at)
+        message["Message-ID"] = payload["message_id"]
+        parent_id = (notification.parent_ref or {}).get("message_id")
+        if parent_id and notification.kind != "firing":
+            message["In-Reply-To"] = parent_id
+            message["References"] = parent_id
+        message["Auto-Submitted"] = "auto-generated"
+        message["X-Audit-Watch-Rule"] = notification.rule
+        message.set_content(payload["text"])
+        message.add_alternative(payload["html"], subtype="html")
+        return message
+
+    def _connect(self) -> smtplib.SMTP:
+        cfg = self.config
+        timeout = cfg.timeout.total_seconds()
+        context = self.ssl_context or ssl.create_default_context()
+        smtp: smtplib.SMTP
+        if cfg.ssl:
+            smtp = smtplib.SMTP_SSL(cfg.host, cfg.port, timeout=timeout, context=context)
+        else:
+            smtp = smtplib.SMTP(cfg.host, cfg.port, timeout=timeout)
+        try:
+            smtp.ehlo()
+            if cfg.starttls and not cfg.ssl:
+                smtp.starttls(context=context)
+                smtp.ehlo()
+            if cfg.username:
+                password = cfg.password.get_secret_value() if cfg.password else ""
+                smtp.login(cfg.username, password)
+        except BaseException:
+            smtp.close()
+            raise
+        return smtp
+
+    def send(self, notification: Notification) -> DeliveryResult:
+        return self.send_batch([notification])[0]
+
+    def send_batch(self, notifications: Sequence[Notification]) -> list[DeliveryResult]:
+        if not notifications:
+            return []
+        try:
+            smtp = self._connect()
+        except smtplib.SMTPAuthenticationError as exc:
+            error = f"SMTP login refused ({exc.smtp_code}): check username and password"
+            log.error("email channel %s: %s", self.name, error)
+            return [DeliveryResult.permanent(error)] * len(notifications)
+        except (OSError, smtplib.SMTPException) as exc:
+            error = f"cannot reach {self.config.host}:{self.config.port}: {short_error(exc)}"
+            return [DeliveryResult.retry(error)] * len(notifications)
+        results: list[DeliveryResult] = []
+        try:
+            for index, notification in enumerate(notifications):
+                result = self._send_one(smtp, notification)
+                results.append(result)
+                if result.retryable and "disconnected" in (result.error or ""):
+                    rest = len(notifications) - index - 1
+                    results.extend([DeliveryResult.retry("SMTP connection lost earlier in the batch")] * rest)
+                    break
+        finally:
+            try:
+                smtp.quit()
+            except (OSError, smtplib.SMTPException):
+                smtp.close()
+        return results
+
+    def _send_one(self, smtp: smtplib.SMTP, notification: Notification) -> DeliveryResult:
+        try:
+            message = self.build(notification)
+        except Exception as exc:  # noqa: BLE001 - a payload that cannot become a message never will
+            return DeliveryResult.permanent(f"cannot build the message: {short_error(exc)}")
+        recipients = [*self.config.to, *self.config.cc]
+        try:
+            refused = smtp.send_message(message, from_addr=self.config.from_, to_addrs=recipients)
+        except smtplib.SMTPRecipientsRefused as exc:
+            codes = [code for code, _ in exc.recipients.values()]
+            error = f"all recipients refused: {exc.recipients}"
+            return DeliveryResult.retry(error) if all(400 <= c < 500 for c in codes) else DeliveryResult.permanent(error)
+        except smtplib.SMTPServerDisconnected as exc:
+            return DeliveryResult.retry(f"SMTP server disconnected: {exc}")
+        except smtplib.SMTPResponseException as exc:
+            error = f"SMTP {exc.smtp_code}: {exc.smtp_error!r}"
+            return DeliveryResult.retry(error) if 400 <= exc.smtp_code < 500 else DeliveryResult.permanent(error)
+        except (OSError, smtplib.SMTPException) as exc:
+            return DeliveryResult.retry(f"SMTP server disconnected: {short_error(exc)}")
+        note = f"some recipients refused: {refused}" if refused else None
+        return DeliveryResult.delivered({"message_id": notification.payload["message_id"]}, note=note)

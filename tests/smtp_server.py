@@ -1,0 +1,112 @@
+"""A real SMTP server on 127.0.0.1 (aiosmtpd) that keeps what it receives.
+
+``Controller(port=0)`` fails (its start-up check connects to port 0), so a free
+port is picked first. Optional STARTTLS or implicit TLS with a throwaway
+self-signed certificate (made with the ``openssl`` command) and login.
+"""
+
+from __future__ import annotations
+
+import email
+import email.policy
+import itertools
+import shutil
+import socket
+import ssl
+import subprocess
+from dataclasses import dataclass
+from email.message import EmailMessage
+from pathlib import Path
+from typing import Any
+
+from aiosmtpd.controller import Controller
+from aiosmtpd.smtp import AuthResult, LoginPassword
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@dataclass(frozen=True)
+class Received:
+    mail_from: str
+    rcpt_tos: list[str]
+    message: EmailMessage
+    authenticated_as: str | None
+    connection: int                    # which SMTP session (connection) carried it
+
+
+class _Recorder:
+    def __init__(self) -> None:
+        self.received: list[Received] = []
+        self._sessions = itertools.count(1)
+
+    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:  # noqa: N802 - aiosmtpd's name
+        message = email.message_from_bytes(envelope.original_content, policy=email.policy.default)
+        login = session.auth_data.login.decode() if isinstance(session.auth_data, LoginPassword) else None
+        if not hasattr(session, "aw_connection"):
+            session.aw_connection = next(self._sessions)
+        self.received.append(Received(envelope.mail_from, list(envelope.rcpt_tos), message, login, session.aw_connection))
+        return "250 Message accepted for delivery"
+
+
+def _authenticator(users: dict[str, str]) -> Any:
+    def check(server: Any, session: Any, envelope: Any, mechanism: str, auth_data: Any) -> AuthResult:
+        if isinstance(auth_data, LoginPassword) and users.get(auth_data.login.decode()) == auth_data.password.decode():
+            return AuthResult(success=True, auth_data=auth_data)
+        return AuthResult(success=False, handled=False)
+
+    return check
+
+
+def self_signed(folder: Path) -> tuple[ssl.SSLContext, ssl.SSLContext]:
+    """(server context, client context that trusts it) for 127.0.0.1."""
+    if shutil.which("openssl") is None:
+        raise RuntimeError("openssl is needed for the TLS tests")
+    cert, key = folder / "cert.pem", folder / "key.pem"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-keyout", str(key),
+         "-out", str(cert), "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1"],
+        check=True, capture_output=True,
+    )
+    server = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    server.load_cert_chain(cert, key)
+    client = ssl.create_default_context(cafile=str(cert))
+    return server, client
+
+
+class SmtpServer:
+    """``with SmtpServer() as smtp: ... smtp.received``; ``port`` may be chosen before starting."""
+
+    def __init__(self, port: int | None = None, *, starttls: ssl.SSLContext | None = None,
+                 implicit_tls: ssl.SSLContext | None = None, users: dict[str, str] | None = None) -> None:
+        self.port = port or free_port()
+        self.recorder = _Recorder()
+        options: dict[str, Any] = {}
+        if starttls is not None:
+            options.update(tls_context=starttls, require_starttls=True)
+        if users:
+            options.update(authenticator=_authenticator(users), auth_required=True)
+        if implicit_tls is not None:
+            options["ssl_context"] = implicit_tls
+            options["auth_require_tls"] = False  # the whole connection is TLS already
+        self.controller = Controller(self.recorder, hostname="127.0.0.1", port=self.port, **options)
+
+    @property
+    def received(self) -> list[Received]:
+        return self.recorder.received
+
+    def start(self) -> "SmtpServer":
+        self.controller.start()
+        return self
+
+    def stop(self) -> None:
+        self.controller.stop()
+
+    def __enter__(self) -> "SmtpServer":
+        return self.start()
+
+    def __exit__(self, *_exc: Any) -> None:
+        self.stop()

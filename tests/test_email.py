@@ -1,0 +1,148 @@
+"""Email through smtplib to a real aiosmtpd server on 127.0.0.1; both state backends."""
+
+from __future__ import annotations
+
+import random
+import ssl
+from collections.abc import Iterator
+from datetime import datetime, timedelta
+from typing import Any
+
+import pytest
+
+from audit_watch.config import Config
+from audit_watch.outbox import list_entries
+from audit_watch.pipeline import DeliverySummary, deliver_due, process
+from audit_watch.state import StateStore
+from smtp_server import SmtpServer, free_port, self_signed
+from test_render import EVIL_ERROR, EVIL_NAME
+from test_state import T0, evaluation, make_alert, make_rule, state, state_url  # noqa: F401 - fixtures
+
+
+@pytest.fixture(scope="module")
+def tls(tmp_path_factory: pytest.TempPathFactory) -> tuple[ssl.SSLContext, ssl.SSLContext]:
+    try:
+        return self_signed(tmp_path_factory.mktemp("tls"))
+    except RuntimeError as exc:
+        pytest.skip(str(exc))
+
+
+def mail_config(port: int, **channel: Any) -> Config:
+    return Config.model_validate({"channels": {"mail": {
+        "type": "email", "host": "127.0.0.1", "port": port, "from": "audit-watch@example.com",
+        "to": ["ops@example.com", "sre@example.com"], "cc": ["lead@example.com"], "timeout": "5s", **channel,
+    }}})
+
+
+def deliver(config: Config, state: StateStore, now: datetime, client_tls: ssl.SSLContext | None = None) -> DeliverySummary:
+    options = {"mail": {"ssl_context": client_tls}} if client_tls else {}
+    return deliver_due(config, state, now, rng=random.Random(5), channel_options=options)
+
+
+def fire(config: Config, state: StateStore, now: datetime = T0, rule_name: str = "failed-jobs", **alert: Any) -> None:
+    rule = make_rule(name=rule_name, notify=["mail"])
+    process([evaluation(rule, now, make_alert(rule=rule_name, now=now, **alert))], config, state, now)
+
+
+@pytest.fixture
+def smtp() -> Iterator[SmtpServer]:
+    with SmtpServer() as server:
+        yield server
+
+
+def test_one_multipart_message_with_links_and_inlined_css(smtp: SmtpServer, state: StateStore) -> None:
+    config = mail_config(smtp.port)
+    fire(config, state, rows=3)
+    assert deliver(config, state, T0).delivered == 1
+    [received] = smtp.received
+    assert received.mail_from == "audit-watch@example.com"
+    assert received.rcpt_tos == ["ops@example.com", "sre@example.com", "lead@example.com"]
+    message = received.message
+    assert message["Subject"] == "[audit-watch] [WARNING] failed-jobs: 1 alert firing: Support Triage"
+    assert message["To"] == "ops@example.com, sre@example.com" and message["Cc"] == "lead@example.com"
+    assert message["Message-ID"].endswith("@example.com>") and message["Auto-Submitted"] == "auto-generated"
+    assert message.get_content_type() == "multipart/alternative"
+    text = message.get_body(("plain",)).get_content()
+    html = message.get_body(("html",)).get_content()
+    assert "Support Triage: 7 matching jobs in 15m" in text
+    assert "job-a1-1: https://auxot.example.com/audit-logs/jobs/job-a1-1" in text
+    assert '<a href="https://auxot.example.com/audit-logs/jobs/job-a1-3"' in html
+    assert '<a href="https://auxot.example.com/audit-logs/jobs?status=failed&amp;agent_id=a1"' in html
+    assert "<style" not in html and 'style="' in html and "border-collapse: collapse" in html
+
+
+def test_starttls_and_login(tls: tuple[ssl.SSLContext, ssl.SSLContext], state: StateStore) -> None:
+    server_tls, client_tls = tls
+    with SmtpServer(starttls=server_tls, users={"aw": "s3cret"}) as smtp:
+        config = mail_config(smtp.port, starttls=True, username="aw", password="s3cret")
+        fire(config, state)
+        assert deliver(config, state, T0, client_tls).delivered == 1
+    assert [r.authenticated_as for r in smtp.received] == ["aw"]
+
+
+def test_a_refused_login_is_permanent(tls: tuple[ssl.SSLContext, ssl.SSLContext], state: StateStore) -> None:
+    server_tls, client_tls = tls
+    with SmtpServer(starttls=server_tls, users={"aw": "s3cret"}) as smtp:
+        config = mail_config(smtp.port, starttls=True, username="aw", password="wrong")
+        fire(config, state)
+        assert deliver(config, state, T0, client_tls).dead == 1
+    [entry] = list_entries(state)
+    assert "login refused" in (entry.last_error or "") and not smtp.received
+
+
+def test_implicit_tls(tls: tuple[ssl.SSLContext, ssl.SSLContext], state: StateStore) -> None:
+    server_tls, client_tls = tls
+    with SmtpServer(implicit_tls=server_tls) as smtp:
+        config = mail_config(smtp.port, ssl=True)
+        fire(config, state)
+        assert deliver(config, state, T0, client_tls).delivered == 1
+    assert len(smtp.received) == 1
+
+
+def test_smtp_down_for_one_run_then_delivered_once(state: StateStore) -> None:
+    port = free_port()
+    config = mail_config(port)
+    fire(config, state)
+    summary = deliver(config, state, T0)                             # nobody listens yet
+    assert summary.retrying == 1 and "cannot reach 127.0.0.1" in (summary.outcomes[0].error or "")
+    with SmtpServer(port) as smtp:
+        assert deliver(config, state, T0 + timedelta(seconds=5)).attempted == 0    # backing off
+        assert deliver(config, state, T0 + timedelta(minutes=5)).delivered == 1
+        assert deliver(config, state, T0 + timedelta(hours=5)).attempted == 0
+    assert len(smtp.received) == 1
+
+
+def test_one_connection_per_batch(smtp: SmtpServer, state: StateStore) -> None:
+    config = mail_config(smtp.port)
+    fire(config, state, rule_name="failed-jobs")
+    fire(config, state, rule_name="quota-errors")
+    assert deliver(config, state, T0).delivered == 2
+    assert [r.connection for r in smtp.received] == [1, 1]
+
+
+def test_resolution_replies_to_the_firing_message(smtp: SmtpServer, state: StateStore) -> None:
+    config = mail_config(smtp.port)
+    fire(config, state)
+    deliver(config, state, T0)
+    process([evaluation(make_rule(notify=["mail"]), T0 + timedelta(minutes=5))], config, state, T0 + timedelta(minutes=5))
+    deliver(config, state, T0 + timedelta(minutes=5))
+    first, second = (r.message for r in smtp.received)
+    assert second["Subject"] == "[audit-watch] [WARNING] Resolved: failed-jobs: Support Triage"
+    assert second["In-Reply-To"] == first["Message-ID"] and second["References"] == first["Message-ID"]
+
+
+def test_injection_reaches_email_escaped(smtp: SmtpServer, state: StateStore) -> None:
+    config = mail_config(smtp.port)
+    fire(config, state, name=EVIL_NAME + "\nBcc: victim@example.com", details={"row": {"error": EVIL_ERROR}})
+    rule = make_rule(name="errors", kind="any", group_by=[], notify=["mail"])
+    alert = make_alert(kind="any", rule="errors", name=None, group={"id": "job-1"},
+                       details={"row": {"status": "failed", "job_type": "task", "error": EVIL_ERROR}})
+    process([evaluation(rule, T0, alert)], config, state, T0)
+    assert deliver(config, state, T0).delivered == 2
+    for received in smtp.received:
+        html = received.message.get_body(("html",)).get_content()
+        assert "<script>" not in html and "<!channel>" not in html
+        assert received.message["Bcc"] is None and "victim" not in " ".join(received.rcpt_tos)
+    html = smtp.received[1].message.get_body(("html",)).get_content()
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in html
+    assert "&lt;!channel&gt;" in smtp.received[0].message.get_body(("html",)).get_content()
