@@ -9,18 +9,15 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from jinja2 import TemplateSyntaxError
-from jinja2.sandbox import ImmutableSandboxedEnvironment
 from sqlalchemy import inspect
 from sqlalchemy.exc import SQLAlchemyError
 
-from audit_watch.config import REPO_ROOT, Config, read_config
+from audit_watch.config import Config, read_config
+from audit_watch.render import BUNDLED_TEMPLATES, check_templates
 from audit_watch.rule_loader import load_rules
 from audit_watch.source import AuditSource
 from audit_watch.yaml_source import Problem
 
-TEMPLATE_SUFFIXES = (".j2", ".jinja", ".jinja2", ".html", ".txt", ".md")
-BUNDLED_TEMPLATES = REPO_ROOT / "templates"
 
 
 @dataclass
@@ -56,22 +53,10 @@ def run_check(config_path: str | None, source_url: str | None = None, connect: b
 
 
 def check_template_dirs(folders: list[Path]) -> tuple[int, list[Problem]]:
-    """Compile every template file; syntax errors with their line."""
-    env = ImmutableSandboxedEnvironment()
-    count, problems = 0, []
-    for folder in folders:
-        if not folder.is_dir():
-            continue
-        for path in sorted(folder.rglob("*")):
-            if not path.is_file() or not path.name.endswith(TEMPLATE_SUFFIXES):
-                continue
-            count += 1
-            try:
-                env.parse(path.read_text(encoding="utf-8"), name=path.name, filename=str(path))
-            except TemplateSyntaxError as exc:
-                problems.append(Problem(str(path), exc.lineno or 0, "template", exc.message or str(exc)))
-            except (OSError, UnicodeDecodeError) as exc:
-                problems.append(Problem(str(path), 0, "template", f"cannot read: {exc}"))
+    """Compile every alert template (syntax, unknown filters and variables) with
+    the renderer's own environments, so check sees what delivery will see."""
+    count = sum(1 for folder in folders if folder.is_dir() for _ in (folder / "alerts").rglob("*.j2"))
+    problems = [Problem(p.file, p.line, "template", p.message) for p in check_templates(folders, include_bundled=False)]
     return count, problems
 
 

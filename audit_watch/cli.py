@@ -255,6 +255,127 @@ def test_rules(settings: Settings, files: tuple[str, ...]) -> None:
     sys.exit(EXIT_FAILED if failed else EXIT_OK)
 
 
+# --- run, alerts, silences -----------------------------------------------------------
+
+
+@main.command()
+@click.option("--once", is_flag=True, help="Evaluate what is due, deliver, and exit.")
+@click.option("--now", type=TS, help="With --once: evaluate as of this time (ISO-8601).")
+@click.option("--log-format", type=click.Choice(["text", "json"]), default="text", show_default=True)
+@click.option("--listen", help="Address of /healthz and /metrics, e.g. 127.0.0.1:9464.")
+@common_options
+def run(settings: Settings, once: bool, now: datetime | None, log_format: str, listen: str | None) -> None:
+    """The daemon: evaluates rules on their schedules and delivers notifications."""
+    from audit_watch import daemon
+
+    if once:
+        sys.exit(daemon.run_once(settings.config_path, settings.source_url, now))
+    if now is not None:
+        raise click.BadParameter("--now only goes with --once", param_hint="--now")
+    sys.exit(daemon.run_daemon(settings.config_path, settings.source_url, log_format, listen))
+
+
+@main.command()
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@click.option("--outbox", is_flag=True, help="Show the outbox (queued, retrying, dead) instead.")
+@click.option("--active", is_flag=True, help="Only pending and firing alerts.")
+@common_options
+def alerts(settings: Settings, as_json: bool, outbox: bool, active: bool) -> None:
+    """The current alert states, or the outbox."""
+    from audit_watch import pipeline
+    from audit_watch.state import StateStore
+    from audit_watch.terminal import console, outbox_view, states_view
+
+    state = StateStore.from_config(settings.config)
+    try:
+        if outbox:
+            entries = pipeline.outbox_table(state)
+            if as_json:
+                click.echo(json.dumps([_plain(e) for e in entries], default=str))
+            else:
+                console.print(outbox_view(entries, pipeline.outbox_summary(state)))
+            return
+        rows = pipeline.alerts_table(state, include_resolved=not active)
+        if as_json:
+            click.echo(json.dumps([_plain(r) for r in rows], default=str))
+        else:
+            console.print(states_view(rows))
+    finally:
+        state.close()
+
+
+def _plain(item: Any) -> Any:
+    import dataclasses
+
+    return dataclasses.asdict(item) if dataclasses.is_dataclass(item) else item
+
+
+@main.group()
+def silence() -> None:
+    """Silences: matching alerts are still evaluated and recorded, but nothing is sent."""
+
+
+@silence.command("add")
+@click.option("--rule", required=True, help="Rule name (a pattern such as failed-* works).")
+@click.option("--match", "matchers", multiple=True, help="key=value of the alert's group (id or name); repeatable.")
+@click.option("--for", "duration", type=DURATION, required=True, help="How long, e.g. 2h.")
+@click.option("--comment", required=True, help="Why (shown in silence list).")
+@click.option("--by", "created_by", help="Who.")
+@click.option("--now", type=TS, help="Start time (default: now).")
+@common_options
+def silence_add(settings: Settings, rule: str, matchers: tuple[str, ...], duration: Any, comment: str,
+                created_by: str | None, now: datetime | None) -> None:
+    """Silence a rule, or some of its groups, for a while."""
+    from audit_watch import silences
+    from audit_watch.state import StateStore
+
+    state = StateStore.from_config(settings.config)
+    try:
+        made = silences.add(state, rule, duration, comment, _now(now),
+                            matchers=silences.parse_matchers(list(matchers)), created_by=created_by)
+    except silences.SilenceError as exc:
+        raise click.BadParameter(str(exc)) from None
+    finally:
+        state.close()
+    click.echo(f"silence {made.id}: {made.rule} {made.matchers or ''} until {made.ends_at:%Y-%m-%d %H:%M} UTC")
+
+
+@silence.command("list")
+@click.option("--all", "include_ended", is_flag=True, help="Also ended and expired silences.")
+@click.option("--now", type=TS, help="As of this time (default: now).")
+@common_options
+def silence_list(settings: Settings, include_ended: bool, now: datetime | None) -> None:
+    """The active silences."""
+    from audit_watch import silences
+    from audit_watch.state import StateStore
+    from audit_watch.terminal import console, silences_view
+
+    state = StateStore.from_config(settings.config)
+    try:
+        console.print(silences_view(silences.list_silences(state, _now(now), include_ended), _now(now)))
+    finally:
+        state.close()
+
+
+@silence.command("expire")
+@click.argument("silence_id", type=int)
+@click.option("--now", type=TS, help="As of this time (default: now).")
+@common_options
+def silence_expire(settings: Settings, silence_id: int, now: datetime | None) -> None:
+    """End a silence now."""
+    from audit_watch import silences
+    from audit_watch.state import StateStore
+
+    state = StateStore.from_config(settings.config)
+    try:
+        ended = silences.expire(state, silence_id, _now(now))
+    except silences.SilenceError as exc:
+        raise click.BadParameter(str(exc)) from None
+    finally:
+        state.close()
+    click.echo(f"silence {ended.id} expired")
+
+
 # --- seed and demo --------------------------------------------------------------------
 
 

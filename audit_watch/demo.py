@@ -2,8 +2,9 @@
 
 Seeds ``demo/audit.db`` when absent (30 days of activity with planted
 incidents), writes ``demo/audit-watch.yaml`` so every other command can be tried
-on the same data, evaluates every bundled rule at the data's "now" and shows
-what fired, with links.
+on the same data, evaluates every bundled rule at the data's "now" through the
+same pass the daemon runs (state, outbox, file channel into ``demo/outbox/``)
+and shows what fired, with links.
 """
 
 from __future__ import annotations
@@ -13,10 +14,11 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from audit_watch.config import REPO_ROOT, load_config
-from audit_watch.evaluate import Evaluation, evaluate_rules
-from audit_watch.rule_loader import load_rules
+from audit_watch.evaluate import Evaluation
 from audit_watch.source import AuditSource
+from audit_watch.state import StateStore
 from audit_watch.terminal import alerts_table, console
+from audit_watch.tick import load_rule_set, run_pass
 
 DEMO_CONFIG = """\
 # Written by `audit-watch demo`. Try: audit-watch --config {folder}/audit-watch.yaml check
@@ -29,14 +31,13 @@ links:
 rules: [{rules}]
 timezone: UTC
 channels:
-  archive: {{type: file, path: {folder}/outbox}}
+  archive: {{type: file, path: outbox}}   # relative to this file's folder
 """
 
 
 def write_demo_config(folder: Path) -> Path:
     path = folder / "audit-watch.yaml"
-    if not path.exists():
-        path.write_text(DEMO_CONFIG.format(folder=folder.as_posix(), rules=(REPO_ROOT / "rules").as_posix()))
+    path.write_text(DEMO_CONFIG.format(folder=folder.as_posix(), rules=(REPO_ROOT / "rules").as_posix()))
     return path
 
 
@@ -60,22 +61,43 @@ def ensure_demo_store(folder: Path, scale: float, fresh: bool) -> tuple[str, dat
     return url, end
 
 
+def reset_demo_state(folder: Path) -> None:
+    """Each demo run starts from an empty alert state, so it shows every message."""
+    (folder / "state.db").unlink(missing_ok=True)
+    outbox = folder / "outbox"
+    if outbox.is_dir():
+        for item in outbox.iterdir():
+            if item.is_file():
+                item.unlink()
+
+
 def run_demo(folder: Path, scale: float = 0.25, fresh: bool = False) -> int:
     folder.mkdir(parents=True, exist_ok=True)
     url, now = ensure_demo_store(folder, scale, fresh)
     config = load_config(write_demo_config(folder))
-    rule_set = load_rules(config.rule_paths, {"channels": config.channels})
+    rule_set = load_rule_set(config)
     for problem in rule_set.problems:
         console.print(f"[red]{problem}[/]")
+    reset_demo_state(folder)
     src = AuditSource.from_config(config.source, url)
+    state = StateStore.from_config(config)
     started = time.perf_counter()
-    evaluations = evaluate_rules([r.rule for r in rule_set.rules], src, now, config.links)
+    try:
+        result = run_pass(config, [r.rule for r in rule_set.rules], src, state, now)
+    finally:
+        state.close()
+        src.engine.dispose()
     elapsed = time.perf_counter() - started
-    alerts = [a for e in evaluations for a in e.alerts]
+    alerts = [a for e in result.evaluations for a in e.alerts]
     console.print(alerts_table(alerts, title=f"audit-watch demo: alerts at {now:%Y-%m-%d %H:%M} UTC"))
-    _print_summary(evaluations, elapsed)
-    src.engine.dispose()
-    return 1 if any(not e.ok for e in evaluations) or rule_set.problems else 0
+    _print_summary(result.evaluations, elapsed)
+    outbox = config.resolve("outbox")
+    console.print(
+        f"{result.delivered.delivered} notification(s) delivered to the file channel in {outbox}/ "
+        f"(JSON and rendered text); {result.delivered.retrying} retrying, {result.delivered.dead} dead."
+    )
+    console.print(f"Try: .venv/bin/audit-watch --config {folder.as_posix()}/audit-watch.yaml alerts")
+    return 1 if result.failed_rules or rule_set.problems else 0
 
 
 def _print_summary(evaluations: list[Evaluation], elapsed: float) -> None:

@@ -95,11 +95,19 @@ class Comparison(BaseModel):
         }[self.op]
 
     def __str__(self) -> str:
-        return f"{self.op} {_number(self.value)}"
+        return f"{self.op} {format_number(self.value)}"
 
 
-def _number(value: float) -> str:
-    return str(int(value)) if float(value).is_integer() else f"{value:g}"
+def format_number(value: float | int | None) -> str:
+    """How thresholds and baselines read: ``2,000,000``, ``0.25``, ``3,024,021.43``."""
+    if value is None:
+        return "?"
+    value = float(value)
+    if value.is_integer():
+        return f"{int(value):,}"
+    if abs(value) >= 100:
+        return f"{value:,.2f}"
+    return f"{value:.4g}"
 
 
 class RuleBase(BaseModel):

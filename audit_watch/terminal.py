@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
+from typing import Any
 
 from rich.console import Console
 from rich.table import Table
@@ -11,31 +12,36 @@ from audit_watch.alert import Alert, number
 from audit_watch.backtest import BacktestResult
 from audit_watch.ruletest import CaseResult
 
-console = Console(highlight=False, soft_wrap=False)
+# Piped output is not cut at 80 columns: links and ids stay whole for grep and logs.
+console = Console(highlight=False, soft_wrap=True)
 errors = Console(stderr=True, highlight=False)
 
 SEVERITY_STYLE = {"critical": "bold red", "warning": "yellow", "info": "cyan"}
 
 
 def alerts_table(alerts: Iterable[Alert], title: str | None = None, with_rule: bool = True) -> Table:
-    table = Table(title=title, show_lines=False, expand=False)
+    """Alerts as a table; the links follow in the caption, numbered, so that a
+    narrow terminal does not fold them (terminals make whole URLs clickable)."""
+    alerts = list(alerts)
+    table = Table(title=title, show_lines=False, expand=False, caption_justify="left")
+    table.add_column("#", justify="right", no_wrap=True)
     if with_rule:
         table.add_column("rule", style="bold", no_wrap=True)
     table.add_column("severity", no_wrap=True)
     table.add_column("group")
     table.add_column("value", justify="right", no_wrap=True)
     table.add_column("against", no_wrap=True)
-    table.add_column("link", overflow="fold")
-    for alert in alerts:
-        cells = [alert.rule] if with_rule else []
+    for index, alert in enumerate(alerts, 1):
+        cells = [str(index)] + ([alert.rule] if with_rule else [])
         cells += [
             f"[{SEVERITY_STYLE.get(alert.severity, '')}]{alert.severity}[/]",
             _escape(alert.group_label),
             _value(alert),
             _escape(alert.threshold or ("" if alert.baseline is None else f"baseline {alert.baseline:g}")),
-            alert.list_link,
         ]
         table.add_row(*cells)
+    if alerts:
+        table.caption = "\n".join(f"[{i}] {a.list_link}" for i, a in enumerate(alerts, 1))
     return table
 
 
@@ -88,3 +94,55 @@ def rule_test_lines(results: Iterable[CaseResult]) -> list[str]:
         lines.append(f"{mark} {case.file}: {_escape(case.name)}")
         lines += [f"     {_escape(f)}" for f in case.failures]
     return lines
+
+
+STATE_STYLE = {"firing": "bold red", "pending": "yellow", "resolved": "green"}
+
+
+def _when(moment: Any) -> str:
+    return f"{moment:%Y-%m-%d %H:%M}" if moment else ""
+
+
+def states_view(rows: Iterable[Any]) -> Table:
+    """``audit-watch alerts``: one line per (rule, group)."""
+    table = Table(title="alert states")
+    for name in ("rule", "group", "state", "severity", "value", "since", "last evaluated", "last notified", "silenced"):
+        table.add_column(name, no_wrap=name not in ("group",))
+    for row in rows:
+        since = row.fired_at or row.started_at
+        if row.state == "resolved":
+            since = row.resolved_at
+        table.add_row(
+            row.rule, _escape(str(row.group)), f"[{STATE_STYLE.get(row.state, '')}]{row.state}[/]",
+            row.severity, str(number(row.value) if isinstance(row.value, (int, float)) else row.value),
+            _when(since), _when(row.last_evaluated_at), _when(row.last_notified_at),
+            f"#{row.silenced_by}" if row.silenced_by else "",
+        )
+    return table
+
+
+def outbox_view(entries: Iterable[Any], summary: dict[str, int]) -> Table:
+    """``audit-watch alerts --outbox``: what is queued, retrying and dead."""
+    counts = ", ".join(f"{status} {count}" for status, count in sorted(summary.items())) or "empty"
+    table = Table(title=f"outbox: {counts}")
+    for name in ("id", "channel", "rule", "kind", "status", "attempts", "next attempt", "gives up", "last error"):
+        table.add_column(name, no_wrap=name != "last error")
+    for entry in entries:
+        table.add_row(
+            str(entry.id), entry.channel, entry.rule, entry.kind, entry.status, str(entry.attempts),
+            _when(entry.next_attempt_at), _when(entry.give_up_at), _escape(entry.last_error or ""),
+        )
+    return table
+
+
+def silences_view(silences: Iterable[Any], now: Any) -> Table:
+    table = Table(title="silences")
+    for name in ("id", "rule", "match", "from", "until", "by", "comment", "active"):
+        table.add_column(name, no_wrap=name not in ("comment",))
+    for item in silences:
+        match = ", ".join(f"{k}={v}" for k, v in item.matchers.items())
+        table.add_row(
+            str(item.id), item.rule, _escape(match), _when(item.starts_at), _when(item.ended_at),
+            _escape(item.created_by or ""), _escape(item.comment), "yes" if item.active(now) else "no",
+        )
+    return table

@@ -58,7 +58,7 @@ def test_metric_threshold_form_fires_only_when_the_aggregate_meets_it(insert, ev
         {"at": "-5m", "agent_id": "small", "input_tokens": 999},
     ]})
     alerts = evaluate(metric(group_by=["agent_id"], threshold={"op": ">", "value": 1000}))
-    assert [(a.group["agent_id"], a.value, a.threshold) for a in alerts] == [("big", 1200, "> 1000")]
+    assert [(a.group["agent_id"], a.value, a.threshold) for a in alerts] == [("big", 1200, "> 1,000")]
 
 
 def test_metric_total_tokens_is_input_plus_output(insert, evaluate):

@@ -17,7 +17,7 @@ from sqlalchemy.sql.elements import ColumnElement
 
 from audit_watch.alert import Finding
 from audit_watch.rule_kinds.base import EvalContext, RuleKind, compare, group_columns, group_of
-from audit_watch.rule_model import MetricRule
+from audit_watch.rule_model import format_number, MetricRule
 from audit_watch.source import AuditSource
 
 
@@ -119,7 +119,7 @@ class Metric(RuleKind):
         for row in ctx.conn.execute(stmt):
             baseline = float(row.baseline) if row.baseline is not None else None
             threshold = (
-                f"> {_fmt(baseline * rule.baseline.factor)}" if baseline is not None else f">= {_fmt(rule.min_value)}"
+                f"> {format_number(baseline * rule.baseline.factor)}" if baseline is not None else f">= {format_number(rule.min_value)}"
             )
             findings.append(
                 Finding(
@@ -143,9 +143,3 @@ class Metric(RuleKind):
 def _num(value: Any) -> float:
     value = float(value)
     return int(value) if value.is_integer() else round(value, 4)
-
-
-def _fmt(value: float | None) -> str:
-    if value is None:
-        return "?"
-    return str(int(value)) if float(value).is_integer() else f"{value:.2f}"

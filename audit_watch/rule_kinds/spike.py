@@ -13,7 +13,7 @@ from sqlalchemy import Float, and_, case, cast, false, func, or_, select
 
 from audit_watch.alert import Finding
 from audit_watch.rule_kinds.base import EvalContext, RuleKind, group_columns, group_of
-from audit_watch.rule_model import SpikeRule
+from audit_watch.rule_model import format_number, SpikeRule
 
 
 class Spike(RuleKind):
@@ -55,9 +55,9 @@ class Spike(RuleKind):
             baseline = float(row.reference) * window_s / reference_s
             is_up = bool(row.is_up)
             threshold = (
-                f">= {_fmt(max(rule.factor * baseline, rule.min_current))}"
+                f">= {format_number(max(rule.factor * baseline, rule.min_current))}"
                 if is_up
-                else f"<= {_fmt(baseline / rule.factor)}"
+                else f"<= {format_number(baseline / rule.factor)}"
             )
             findings.append(
                 Finding(
@@ -77,7 +77,3 @@ class Spike(RuleKind):
 
     def list_range(self, rule: SpikeRule, now):  # type: ignore[override]
         return now - rule.window - rule.reference_span, now
-
-
-def _fmt(value: float) -> str:
-    return str(int(value)) if float(value).is_integer() else f"{value:.2f}"
