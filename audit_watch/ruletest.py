@@ -112,29 +112,33 @@ def _check_expectation(
         result.failures.append(f"{rule.name}: evaluation failed: {evaluation.error}")
         return
     expected = expectation.get("alerts") or []
-    actual = {_group_key(a.group): a for a in evaluation.alerts}
-    wanted: dict[tuple, dict[str, Any]] = {}
     for item in expected:
         if not isinstance(item, dict) or not isinstance(item.get("group", {}), dict):
             raise InputError([doc.problem(where + ("alerts",), "each alert is {group: {...}, value: N}")])
-        wanted[_group_key(item.get("group") or {})] = item
-    for key, item in wanted.items():
-        alert = actual.get(key)
-        if alert is None:
+    # An expected group matches an alert whose group contains it, so that the ids
+    # that `any` and `new_value` add need not be spelled out; each alert matches once.
+    unmatched = list(evaluation.alerts)
+    for item in sorted(expected, key=lambda i: -len(i.get("group") or {})):
+        wanted = {str(k): str(v) for k, v in (item.get("group") or {}).items()}
+        candidates = [a for a in unmatched if wanted.items() <= {str(k): str(v) for k, v in a.group.items()}.items()]
+        if "value" in item:
+            exact = [a for a in candidates if _same_value(a, item["value"])]
+            if candidates and not exact:
+                alert = candidates[0]
+                result.failures.append(
+                    f"{rule.name}: {_show(alert.group)}: expected value {item['value']}, got {alert.value}"
+                )
+                unmatched.remove(alert)
+                continue
+            candidates = exact
+        if not candidates:
             result.failures.append(f"{rule.name}: expected an alert for {_show(item.get('group') or {})}, got none")
-        elif "value" in item and not _same_value(alert, item["value"]):
-            result.failures.append(
-                f"{rule.name}: {_show(alert.group)}: expected value {item['value']}, got {alert.value}"
-            )
-    for key, alert in actual.items():
-        if key not in wanted:
-            result.failures.append(
-                f"{rule.name}: unexpected alert for {_show(alert.group)} (value {alert.value}, {alert.threshold})"
-            )
-
-
-def _group_key(group: dict[str, Any]) -> tuple:
-    return tuple(sorted((str(k), str(v)) for k, v in group.items()))
+            continue
+        unmatched.remove(candidates[0])
+    for alert in unmatched:
+        result.failures.append(
+            f"{rule.name}: unexpected alert for {_show(alert.group)} (value {alert.value}, {alert.threshold})"
+        )
 
 
 def _same_value(alert: Alert, expected: Any) -> bool:

@@ -1,46 +1,25 @@
 """``cron_missed``: an enabled cron's latest expected run has no ``cron.fired``.
 
-Expected runs come from each cron's own schedule in its own time zone (cronsim:
-a run in the hour repeated when clocks go back counts once, a run in the hour
-skipped when they go forward happens right after the gap, as cron does it).
-The matching of runs to ``cron.fired`` events is a join aggregated in SQL, one
-row per expected run; the value is the number of consecutive missed runs.
+Expected runs and their fires come from :mod:`audit_watch.cron_runs` (one row
+per run, counted in SQL); the value is the number of consecutive missed runs.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timedelta
 from typing import Any
-from zoneinfo import ZoneInfo
 
-from cronsim import CronSim, CronSimError
-from sqlalchemy import DateTime, String, and_, func, select, text
-from sqlalchemy.sql.elements import ColumnElement
+from cronsim import CronSimError
+from sqlalchemy import and_, func, select
 
 from audit_watch.alert import Finding
+from audit_watch.cron_runs import FIRED, expected_runs, fired_per_run
 from audit_watch.rule_kinds.base import EvalContext, RuleKind, sample_rows
 from audit_watch.rule_model import CronMissedRule
-from audit_watch.schema import as_utc
-from audit_watch.source import AuditSource
 
 log = logging.getLogger(__name__)
-FIRED = "cron.fired"
-
-
-def expected_runs(schedule: str, tz_name: str, until: datetime, since: datetime, limit: int) -> list[datetime]:
-    """Expected run times (UTC, newest first) with ``since <= t <= until``."""
-    tz = ZoneInfo(tz_name)
-    start = (as_utc(until).replace(microsecond=0) + timedelta(seconds=1)).astimezone(tz)
-    runs: list[datetime] = []
-    for moment in CronSim(schedule, start, reverse=True):
-        moment = moment.astimezone(timezone.utc)
-        if moment < since or len(runs) >= limit:
-            break
-        runs.append(moment)
-    return runs
 
 
 @dataclass
@@ -123,23 +102,9 @@ class CronMissed(RuleKind):
         if not pairs:
             return {}
         src = ctx.src
-        expected = _runs_table(src, [(cid, run, run + rule.grace) for cid, run in pairs])
-        events = src.table("events")
-        fired_time = src.time_value(events.c.created_at)
-        join_on = and_(
-            events.c.event_type == FIRED,
-            src.json_text(events.c["metadata"], "cron_id") == expected.c.cron_id,
-            fired_time >= expected.c.expected_at,
-            fired_time <= expected.c.deadline,
-            *_coarse_range(src, events.c.created_at, expected),
-        )
-        stmt = (
-            select(expected.c.cron_id, expected.c.expected_at, func.count(events.c.id).label("fired"))
-            .select_from(expected.outerjoin(events, join_on))
-            .group_by(expected.c.cron_id, expected.c.expected_at)
-        )
+        per_run = fired_per_run(src, [(cid, run, run + rule.grace) for cid, run in pairs])
         counts = {}
-        for row in ctx.conn.execute(stmt):
+        for row in ctx.conn.execute(select(per_run.c.cron_id, per_run.c.expected_at, per_run.c.fired)):
             counts[(row.cron_id, src.read_time(row.expected_at))] = int(row.fired)
         return counts
 
@@ -167,38 +132,3 @@ class CronMissed(RuleKind):
     def list_range(self, rule: CronMissedRule, now: datetime) -> tuple[datetime, datetime]:
         return now - timedelta(days=7), now
 
-
-def _runs_table(src: AuditSource, runs: list[tuple[str, datetime, datetime]]) -> Any:
-    """The expected runs as a derived table from one bound JSON parameter."""
-    if src.dialect == "postgresql":
-        payload = json.dumps([{"c": c, "e": e.isoformat(), "d": d.isoformat()} for c, e, d in runs])
-        return (
-            text(
-                "SELECT r.c AS cron_id, r.e AS expected_at, r.d AS deadline "
-                "FROM jsonb_to_recordset(CAST(:runs AS jsonb)) AS r(c text, e timestamptz, d timestamptz)"
-            )
-            .bindparams(runs=payload)
-            .columns(cron_id=String, expected_at=DateTime(timezone=True), deadline=DateTime(timezone=True))
-            .subquery("expected")
-        )
-    fmt = "%Y-%m-%d %H:%M:%S.000"
-    payload = json.dumps([{"c": c, "e": e.strftime(fmt), "d": d.strftime(fmt)} for c, e, d in runs])
-    return (
-        text(
-            "SELECT json_extract(value, '$.c') AS cron_id, json_extract(value, '$.e') AS expected_at, "
-            "json_extract(value, '$.d') AS deadline FROM json_each(:runs)"
-        )
-        .bindparams(runs=payload)
-        .columns(cron_id=String, expected_at=String, deadline=String)
-        .subquery("expected")
-    )
-
-
-def _coarse_range(src: AuditSource, column: ColumnElement[Any], expected: Any) -> list[ColumnElement[bool]]:
-    """On SQLite, a date range on the raw column so the (event_type, created_at) index helps."""
-    if src.dialect != "sqlite":
-        return []
-    return [
-        column >= func.date(expected.c.expected_at, "-1 day"),
-        column < func.date(expected.c.deadline, "+2 day"),
-    ]
