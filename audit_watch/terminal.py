@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Iterable
 from typing import Any
 
@@ -12,8 +13,8 @@ from audit_watch.alert import Alert, number
 from audit_watch.backtest import BacktestResult
 from audit_watch.ruletest import CaseResult
 
-# Piped output is not cut at 80 columns: links and ids stay whole for grep and logs.
-console = Console(highlight=False, soft_wrap=True)
+# Piped output (make demo, CI logs) gets room for the table instead of rich's 80 columns.
+console = Console(highlight=False, soft_wrap=True, width=None if sys.stdout.isatty() else 140)
 errors = Console(stderr=True, highlight=False)
 
 SEVERITY_STYLE = {"critical": "bold red", "warning": "yellow", "info": "cyan"}
@@ -35,14 +36,29 @@ def alerts_table(alerts: Iterable[Alert], title: str | None = None, with_rule: b
         cells = [str(index)] + ([alert.rule] if with_rule else [])
         cells += [
             f"[{SEVERITY_STYLE.get(alert.severity, '')}]{alert.severity}[/]",
-            _escape(alert.group_label),
+            _escape(_group_text(alert)),
             _value(alert),
             _escape(alert.threshold or ("" if alert.baseline is None else f"baseline {alert.baseline:g}")),
         ]
         table.add_row(*cells)
     if alerts:
-        table.caption = "\n".join(f"[{i}] {a.list_link}" for i, a in enumerate(alerts, 1))
+        table.caption = "\n".join(f"[{i}] {_link(a)}" for i, a in enumerate(alerts, 1))
     return table
+
+
+def _group_text(alert: Alert) -> str:
+    """The group by name; an `any` alert also says what its row is (not its id)."""
+    if alert.kind != "any":
+        return alert.group_label
+    names = [alert.group_names.get(k, str(v)) for k, v in alert.group.items() if k != "id"]
+    row = alert.details.get("row") or {}
+    what = row.get("event_type") or row.get("status") or row.get("source") or alert.group.get("id", "")
+    return ": ".join(str(p) for p in (", ".join(names), what) if p)
+
+
+def _link(alert: Alert) -> str:
+    """An `any` alert is one row: link to it; others link to the filtered list."""
+    return alert.links[0] if alert.kind == "any" and alert.links else alert.list_link
 
 
 def _value(alert: Alert) -> str:

@@ -53,6 +53,23 @@ class SeedSummary:
     seconds: float
     incidents: list[PlantedIncident] = field(default_factory=list)
 
+    def __str__(self) -> str:
+        c = self.counts
+        return (f"{c['jobs']:,} jobs, {c['threads']:,} threads and {c['events']:,} events "
+                f"from {self.start:%Y-%m-%d %H:%M} to {self.end:%Y-%m-%d %H:%M} UTC "
+                f"(seed {self.seed}, scale {self.scale:g}), "
+                f"{len(self.incidents)} planted incidents")
+
+    def describe(self) -> str:
+        """A few lines: the volume, then each planted incident and when its rule fires."""
+        lines = [str(self) + ":"]
+        for i in self.incidents:
+            span = f"{i.first_fire:%m-%d %H:%M}"
+            if i.last_fire != i.first_fire:
+                span += f" .. {i.last_fire:%m-%d %H:%M}"
+            lines.append(f"  {i.rule:<21} {span:<26} {i.description}")
+        return "\n".join(lines)
+
 
 @dataclass(frozen=True)
 class SeedRun:
@@ -73,7 +90,8 @@ def seed_database(url: str, *, days: int = 30, seed: int = 42, scale: float = 1.
 
     Creates the reference tables (and their indexes) where absent; refuses a
     database whose activity tables already hold rows. ``scale=1`` is about
-    333,000 jobs for 30 days. The run is recorded in ``audit_watch_seed``.
+    333,000 jobs for 30 days. The run is recorded in ``audit_watch_seed``; the
+    summary lists the planted incidents that start inside the data.
     """
     if days < 1:
         raise ValueError("days must be at least 1")
@@ -94,8 +112,11 @@ def seed_database(url: str, *, days: int = 30, seed: int = 42, scale: float = 1.
         create_indexes(engine)
     finally:
         engine.dispose()
-    return SeedSummary(seed, days, scale, end - timedelta(days=days), end, dict(writer.counts),
-                       time.monotonic() - started, planted_incidents(end, seed=seed, scale=scale))
+    start = end - timedelta(days=days)
+    incidents = [i for i in planted_incidents(end, seed=seed, scale=scale)
+                 if i.started_at >= start]           # a short run holds only the late ones
+    return SeedSummary(seed, days, scale, start, end, dict(writer.counts),
+                       time.monotonic() - started, incidents)
 
 
 def read_seed_run(url: str) -> SeedRun | None:

@@ -41,7 +41,7 @@ HOUR = 3600
 
 # -- the fixed offsets (seconds before end) ---------------------------------
 SPIKE_AGENT = "triage"
-SPIKE_FROM, SPIKE_TO = 2 * HOUR + 55 * 60, 2 * HOUR + 5 * 60   # failures in [end-2h55m, end-2h5m)
+SPIKE_FROM, SPIKE_TO = 55 * 60, 5 * 60   # failures in [end-55m, end-5m): firing at end
 SPIKE_EXTRA = 48                      # retried calls on top of the agent's own jobs
 SPIKE_ERROR = "Provider over quota: openai returned 429 insufficient_quota"
 
@@ -56,12 +56,12 @@ TOKEN_OVERRUN_FACTOR = 2              # token_overrun.yaml's baseline factor
 TOKEN_BUDGET = 2_000_000              # token-budget's threshold (rules/token_budget.yaml)
 TOKEN_BUDGET_SCALES = (0.2, 0.3)      # where only the planted agent crosses it
 
-ACTOR_LOGIN = HOUR + 41 * 60          # new IP, then the sensitive actions, all in (end-2h, end-1h]
-SENSITIVE_AT = (HOUR + 30 * 60, HOUR + 24 * 60, HOUR + 18 * 60, HOUR + 12 * 60, HOUR + 9 * 60)
+ACTOR_LOGIN = 41 * 60                 # new IP, then the sensitive actions, all in (end-1h, end]
+SENSITIVE_AT = (30 * 60, 24 * 60, 18 * 60, 12 * 60, 9 * 60)
 UPDATED_AGENTS = ("triage", "intake", "refunds")
 
 BURST_PROVIDER = "anthropic"
-BURST_FROM, BURST_COUNT = 5 * HOUR + 12 * 60, 36   # 36 x 429 in [end-5h12m, end-5h2m]
+BURST_FROM, BURST_COUNT = 12 * 60, 36   # 36 x 429 in [end-12m, end-2m]
 BURST_SPAN = 10 * 60
 
 WEBHOOK_AGENT = "intake"
@@ -149,7 +149,7 @@ def planted_incidents(end: datetime, *, seed: int = 42,
     world = build_world(seed)
     agent = {key: a.id for key, a in world.agents.items()}
     h = timedelta(hours=1)
-    spike_hour = end - 2 * h
+    spike_hour = end
     missed = first_missed_run(world, end)
     token_start = end - timedelta(seconds=TOKEN_FROM)
     actor = world.users[SENSITIVE_ACTOR]
@@ -169,16 +169,16 @@ def planted_incidents(end: datetime, *, seed: int = 42,
                         token_start + math.ceil(_crossing_hour(TOKEN_OVERRUN_FACTOR)) * h, end,
                         "Knowledge Base Sync loops over a large context file: ~4x input tokens per "
                         "job for 3 days", token_start),
-        PlantedIncident("sensitive-actions", {"user_id": actor.id}, end - h, end - h,
+        PlantedIncident("sensitive-actions", {"user_id": actor.id}, end, end,
                         f"{actor.name} promoted a member to owner, rotated the OpenAI credential "
                         "and edited three agents", end - timedelta(seconds=SENSITIVE_AT[0]),
                         alerts=len(SENSITIVE_AT)),
         PlantedIncident("new-login-ip", {"user_id": actor.id, "metadata.ip": NEW_IP},
-                        end - h, end - h,
+                        end, end,
                         f"{actor.name} signed in from {NEW_IP}, never seen before, just before "
                         "the sensitive actions", end - timedelta(seconds=ACTOR_LOGIN)),
         PlantedIncident("provider-error-burst", {"metadata.provider": BURST_PROVIDER},
-                        end - 5 * h, end - 5 * h,
+                        end, end,
                         f"{BURST_COUNT} rate-limit errors (429) from {BURST_PROVIDER} "
                         "in 10 minutes",
                         end - timedelta(seconds=BURST_FROM)),
