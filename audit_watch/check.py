@@ -14,6 +14,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from audit_watch.config import Config, read_config
 from audit_watch.render import BUNDLED_TEMPLATES, check_templates
+from audit_watch.reports import report_definitions
 from audit_watch.rule_loader import load_rules
 from audit_watch.source import AuditSource
 from audit_watch.yaml_source import Problem
@@ -26,6 +27,7 @@ class CheckReport:
     rules: int = 0
     templates: int = 0
     channels: int = 0
+    reports: int = 0
 
     @property
     def ok(self) -> bool:
@@ -42,6 +44,9 @@ def run_check(config_path: str | None, source_url: str | None = None, connect: b
     report.problems.extend(rule_set.problems)
     report.rules = len(rule_set.rules)
     report.channels = len(base.channels)
+    definitions, report_problems = report_definitions(base.report_paths, base.channels if config is not None else None)
+    report.problems.extend(report_problems)
+    report.reports = len(definitions)
     template_dirs = [*base.template_paths, BUNDLED_TEMPLATES]
     report.templates, template_problems = check_template_dirs(template_dirs)
     report.problems.extend(template_problems)

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import click
+from sqlalchemy.exc import OperationalError
 
 from audit_watch import __version__
 from audit_watch.config import Config, load_config
@@ -84,6 +85,12 @@ def common_options(command: Callable[..., Any]) -> Callable[..., Any]:
             for problem in exc.problems:
                 click.echo(str(problem), err=True)
             ctx.exit(EXIT_BAD_INPUT)
+        except OperationalError as exc:
+            # An unreachable or missing database is an operator's problem, not a bug:
+            # say which, without a traceback (and without the URL's password).
+            reason = str(exc.orig).strip().splitlines()[0] if exc.orig else str(exc).splitlines()[0]
+            click.echo(f"cannot use the database: {reason}", err=True)
+            ctx.exit(EXIT_BAD_INPUT)
 
     return wrapper
 
@@ -141,7 +148,8 @@ def check(settings: Settings, connect: bool) -> None:
     if report.problems:
         click.echo(f"{len(report.problems)} problem(s).", err=True)
         sys.exit(EXIT_FAILED)
-    click.echo(f"ok: {report.rules} rules, {report.channels} channels, {report.templates} templates.")
+    click.echo(f"ok: {report.rules} rules, {report.channels} channels, {report.templates} templates, "
+               f"{report.reports} reports.")
 
 
 # --- test-rule and backtest -----------------------------------------------------------
@@ -374,6 +382,101 @@ def silence_expire(settings: Settings, silence_id: int, now: datetime | None) ->
     finally:
         state.close()
     click.echo(f"silence {ended.id} expired")
+
+
+# --- reports and export ----------------------------------------------------------------
+
+
+REPORT_CHOICES = ("weekly-digest", "compliance", "token-usage", "triage")
+
+
+@main.command()
+@click.argument("name")
+@click.option("--user", help="Scope: a user, by email (compliance).")
+@click.option("--team", help="Scope: a team, by name.")
+@click.option("--from", "start", type=TS, help="Period start (with --to).")
+@click.option("--to", "end", type=TS, help="Period end (with --from).")
+@click.option("--now", type=TS, help="Evaluate the report's period as of this time; default: now.")
+@click.option("--format", "fmt", type=click.Choice(["text", "html", "markdown"]), default="text", show_default=True)
+@click.option("--out", type=click.Path(), help="A file; for compliance a folder (HTML, text, evidence CSV).")
+@click.option("--dry-run", is_flag=True, help="Render only; deliver nothing.")
+@common_options
+def report(settings: Settings, name: str, user: str | None, team: str | None, start: datetime | None,
+           end: datetime | None, now: datetime | None, fmt: str, out: str | None, dry_run: bool) -> None:
+    """Render a report now: weekly-digest, compliance, token-usage, triage, or a defined report's name."""
+    from audit_watch.reports import report_definitions, run_report
+
+    if user and team:
+        raise click.BadParameter("give --user or --team, not both", param_hint="--user")
+    if (start is None) != (end is None):
+        raise click.BadParameter("--from and --to go together", param_hint="--from")
+    if start is not None and now is not None:
+        raise click.BadParameter("give --from/--to or --now, not both", param_hint="--now")
+    config = settings.config
+    definitions, problems = report_definitions(config.report_paths, config.channels)
+    for problem in problems:
+        click.echo(f"report definition skipped: {problem}", err=True)
+    src = _source(settings)
+    try:
+        result = run_report(name, src, config, now=_now(now), start=start, end=end, user=user, team=team,
+                            definitions=definitions, alerts=_alert_activity(config))
+    finally:
+        src.engine.dispose()
+    written = _write_report(result, fmt, out)
+    if isinstance(written, str):
+        click.echo(written)
+    else:
+        for path in written:
+            click.echo(f"wrote {path}", err=True)
+
+
+def _write_report(result: Any, fmt: str, out: str | None) -> Any:
+    from audit_watch.reports import write_report
+
+    return write_report(result, fmt, out)
+
+
+def _alert_activity(config: Config) -> list[Any]:
+    """Alerts of the state database for the digest; none when there is no state yet."""
+    from audit_watch.reports import AlertActivity
+    from audit_watch.state import StateStore
+
+    try:
+        state = StateStore.from_config(config)
+    except Exception:  # noqa: BLE001 - a report must not need the daemon's database
+        return []
+    try:
+        from audit_watch.pipeline import alerts_table
+
+        return [
+            AlertActivity(rule=r.rule, group=str(r.group), severity=r.severity, fired_at=r.fired_at,
+                          resolved_at=r.resolved_at, value=r.value if isinstance(r.value, (int, float)) else None,
+                          link=r.list_link)
+            for r in alerts_table(state) if r.fired_at is not None
+        ]
+    finally:
+        state.close()
+
+
+@main.command()
+@click.argument("table", type=click.Choice(["jobs", "threads", "events"]))
+@click.option("--where", "where", multiple=True, help="key=value (also key!=value, metadata.KEY=value); repeatable.")
+@click.option("--from", "start", type=TS, required=True)
+@click.option("--to", "end", type=TS, required=True)
+@click.option("--format", "fmt", type=click.Choice(["csv", "jsonl"]), default="csv", show_default=True)
+@click.option("--out", type=click.Path(dir_okay=False), help="File to write (default: standard output).")
+@common_options
+def export(settings: Settings, table: str, where: tuple[str, ...], start: datetime, end: datetime, fmt: str,
+           out: str | None) -> None:
+    """Stream rows with start < time <= end as CSV or JSON lines, in constant memory."""
+    from audit_watch.export import export_rows
+
+    src = _source(settings)
+    try:
+        count = export_rows(src, table, list(where), start, end, fmt, out)
+    finally:
+        src.engine.dispose()
+    click.echo(f"exported {count} {table} rows", err=True)
 
 
 # --- seed and demo --------------------------------------------------------------------

@@ -11,7 +11,8 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Annotated, Any, Literal, Union
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, ValidationInfo, field_validator, model_validator
+from pydantic_core import PydanticCustomError
 
 from audit_watch.durations import Duration
 from audit_watch.rule_model import check_timezone
@@ -101,14 +102,79 @@ Channel = Annotated[
 ]
 
 
+class HeartbeatConfig(_Strict):
+    """The dead-man's switch: a sign of life every ``every``, to a channel or a URL
+    (healthchecks.io, Dead Man's Snitch, an Uptime Kuma push monitor: a GET), so
+    that someone notices when audit-watch itself stops."""
+
+    channel: str | None = None
+    url: SecretStr | None = None
+    every: Duration = timedelta(minutes=5)
+
+    @model_validator(mode="after")
+    def _one_target(self) -> "HeartbeatConfig":
+        if (self.channel is None) == (self.url is None):
+            raise ValueError("give either channel or url")
+        if self.every < timedelta(seconds=1):
+            raise ValueError("every must be at least 1s")
+        return self
+
+
+class FreshnessConfig(_Strict):
+    """Alert when the audit store has had no new rows at all for ``max_silence``
+    (the pipe from Auxot is broken); meanwhile rules that fire on missing rows are held."""
+
+    enabled: bool = True
+    max_silence: Duration = timedelta(hours=2)
+    tables: tuple[Literal["jobs", "threads", "events"], ...] = ("jobs", "threads", "events")
+
+    @field_validator("max_silence")
+    @classmethod
+    def _positive(cls, value: timedelta) -> timedelta:
+        if value < timedelta(seconds=1):
+            raise ValueError("max_silence must be at least 1s")
+        return value
+
+    @field_validator("tables")
+    @classmethod
+    def _some_tables(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        if not value:
+            raise ValueError("name at least one table (jobs, threads, events)")
+        return value
+
+
+class DaemonConfig(_Strict):
+    """``audit-watch run``: its HTTP address, self-alerts, heartbeat, freshness, reload."""
+
+    listen: str | None = "127.0.0.1:9464"        # /healthz and /metrics; null turns them off
+    rule_error_alert_after: int = Field(default=5, ge=1)
+    notify: tuple[str, ...] = ()                 # audit-watch's own alerts; default: the rules' channels
+    heartbeat: HeartbeatConfig | None = None
+    freshness: FreshnessConfig = Field(default_factory=FreshnessConfig)
+    reload_watch: bool = True
+    workers: int = Field(default=8, ge=1, le=64)  # rule evaluations at once
+    ledger_retention: Duration = timedelta(days=3)
+
+    @field_validator("listen")
+    @classmethod
+    def _host_port(cls, value: str | None) -> str | None:
+        if value:
+            host, sep, port = value.rpartition(":")
+            if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
+                raise ValueError(f"{value!r} is not HOST:PORT (e.g. 127.0.0.1:9464)")
+        return value or None
+
+
 class Config(_Strict):
     source: SourceConfig = Field(default_factory=SourceConfig)
     state: StateConfig = Field(default_factory=StateConfig)
     links: LinksConfig = Field(default_factory=LinksConfig)
     rules: tuple[str, ...] = ("rules/",)
     templates: tuple[str, ...] = ()
+    reports: tuple[str, ...] = ("reports/",)   # report definitions: files or folders
     timezone: str = "UTC"
     channels: dict[str, Channel] = Field(default_factory=dict)
+    daemon: DaemonConfig = Field(default_factory=DaemonConfig)
     # The folder relative paths in this file are resolved against.
     base_dir: Path = Field(default_factory=Path.cwd, exclude=True)
     file: str | None = Field(default=None, exclude=True)
@@ -117,6 +183,22 @@ class Config(_Strict):
     @classmethod
     def _check_timezone(cls, value: str) -> str:
         check_timezone(value)
+        return value
+
+    @field_validator("daemon")
+    @classmethod
+    def _daemon_channels(cls, value: DaemonConfig, info: ValidationInfo) -> DaemonConfig:
+        channels = info.data.get("channels")
+        if channels is None:  # the channels themselves failed: reported there
+            return value
+        known = ", ".join(sorted(channels)) or "none are configured"
+        for index, name in enumerate(value.notify):
+            if name not in channels:
+                raise PydanticCustomError("daemon", f"unknown channel {name!r} (channels: {known})",
+                                          {"subpath": ["notify", index]})
+        if value.heartbeat and value.heartbeat.channel and value.heartbeat.channel not in channels:
+            raise PydanticCustomError("daemon", f"unknown channel {value.heartbeat.channel!r} (channels: {known})",
+                                      {"subpath": ["heartbeat", "channel"]})
         return value
 
     def resolve(self, path: str) -> Path:
@@ -130,6 +212,12 @@ class Config(_Strict):
     @property
     def template_paths(self) -> list[Path]:
         return [self.resolve(p) for p in self.templates]
+
+    @property
+    def report_paths(self) -> list[Path]:
+        """The report definitions' paths; the default reports/ folder may be absent."""
+        paths = [self.resolve(p) for p in self.reports]
+        return paths if "reports" in self.model_fields_set else [p for p in paths if p.exists()]
 
 
 def problems_from_validation(doc: LocatedDocument, error: ValidationError, prefix: tuple = ()) -> list[Problem]:
@@ -235,7 +323,23 @@ def read_config(
     if not isinstance(doc.data, dict):
         return None, [doc.problem((), "the configuration must be a mapping of keys")]
     problems = interpolate_env(doc, environ)
+    data = _anchor_sqlite_urls(doc.data, base["base_dir"])
     try:
-        return Config.model_validate({**doc.data, **base}), problems
+        return Config.model_validate({**data, **base}), problems
     except ValidationError as exc:
         return None, problems + problems_from_validation(doc, exc)
+
+
+def _anchor_sqlite_urls(data: dict[str, Any], base_dir: Path) -> dict[str, Any]:
+    """A relative SQLite file in the config is relative to the config's folder, like
+    every other path in it, so commands work from any working directory."""
+    data = dict(data)
+    for section in ("source", "state"):
+        part = data.get(section)
+        if isinstance(part, dict) and isinstance(part.get("url"), str):
+            url = part["url"]
+            prefix = "sqlite:///"
+            rest = url[len(prefix):]
+            if url.startswith(prefix) and rest and not rest.startswith(("/", ":memory:", "file:")):
+                data[section] = {**part, "url": prefix + str((base_dir / rest).resolve())}
+    return data

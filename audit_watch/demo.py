@@ -13,7 +13,7 @@ import time
 from datetime import datetime, timezone
 from pathlib import Path
 
-from audit_watch.config import REPO_ROOT, load_config
+from audit_watch.config import REPO_ROOT, Config, load_config
 from audit_watch.evaluate import Evaluation
 from audit_watch.source import AuditSource
 from audit_watch.state import StateStore
@@ -23,12 +23,13 @@ from audit_watch.tick import load_rule_set, run_pass
 DEMO_CONFIG = """\
 # Written by `audit-watch demo`. Try: audit-watch --config {folder}/audit-watch.yaml check
 source:
-  url: sqlite:///{folder}/audit.db
+  url: sqlite:///audit.db            # relative paths are relative to this file's folder
 state:
-  url: sqlite:///{folder}/state.db
+  url: sqlite:///state.db
 links:
   base_url: https://auxot.example.com
 rules: [{rules}]
+reports: [{reports}]
 timezone: UTC
 channels:
   archive: {{type: file, path: outbox}}   # relative to this file's folder
@@ -37,7 +38,9 @@ channels:
 
 def write_demo_config(folder: Path) -> Path:
     path = folder / "audit-watch.yaml"
-    path.write_text(DEMO_CONFIG.format(folder=folder.as_posix(), rules=(REPO_ROOT / "rules").as_posix()))
+    path.write_text(DEMO_CONFIG.format(
+        folder=folder.as_posix(), rules=(REPO_ROOT / "rules").as_posix(), reports=(REPO_ROOT / "reports").as_posix()
+    ))
     return path
 
 
@@ -96,8 +99,36 @@ def run_demo(folder: Path, scale: float = 0.25, fresh: bool = False) -> int:
         f"{result.delivered.delivered} notification(s) delivered to the file channel in {outbox}/ "
         f"(JSON and rendered text); {result.delivered.retrying} retrying, {result.delivered.dead} dead."
     )
+    written = render_demo_reports(config, url, now, folder / "outbox" / "reports")
+    console.print(f"{len(written)} report file(s) rendered into {folder / 'outbox' / 'reports'}/ "
+                  "(HTML opens in a browser; the compliance evidence is a CSV).")
     console.print(f"Try: .venv/bin/audit-watch --config {folder.as_posix()}/audit-watch.yaml alerts")
     return 1 if result.failed_rules or rule_set.problems else 0
+
+
+# The planted user of the demo data: the compliance summary tells their story.
+DEMO_COMPLIANCE_USER = "daniel.reyes@brightline.io"
+
+
+def render_demo_reports(config: Config, url: str, now: datetime, out: Path) -> list[Path]:
+    """Every built-in report at the data's now, as HTML and text (compliance with evidence)."""
+    from audit_watch.reports import run_report, write_report
+
+    out.mkdir(parents=True, exist_ok=True)
+    src = AuditSource.from_config(config.source, url)
+    written: list[Path] = []
+    try:
+        for name in ("weekly-digest", "token-usage", "triage", "compliance"):
+            user = DEMO_COMPLIANCE_USER if name == "compliance" else None
+            result = run_report(name, src, config, now=now, user=user)
+            if name == "compliance":
+                written += list(write_report(result, "html", out / f"{name}/"))
+            else:
+                for fmt, suffix in (("html", "html"), ("text", "txt")):
+                    written += list(write_report(result, fmt, out / f"{name}.{suffix}"))
+    finally:
+        src.engine.dispose()
+    return written
 
 
 def _print_summary(evaluations: list[Evaluation], elapsed: float) -> None:
