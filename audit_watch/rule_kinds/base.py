@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Select, and_, func, or_, select
+from sqlalchemy import and_, literal, or_, select, union_all
 from sqlalchemy.engine import Connection, Row
 from sqlalchemy.sql.elements import ColumnElement
 
@@ -82,32 +82,33 @@ def sample_rows(
     findings: list[Finding],
     limit: int = MAX_SAMPLE_ROWS,
 ) -> None:
-    """Fill ``finding.row_ids`` with the newest matching rows of each finding's group."""
+    """Fill ``finding.row_ids`` with the newest matching rows of each finding's group.
+
+    One statement: per group a ``... ORDER BY time DESC LIMIT n`` (an index scan
+    on (group column, time) that stops after n rows), glued with UNION ALL. A
+    window function over all of a group's rows would sort a whole day of rows
+    for a token-budget alert just to keep 20.
+    """
     if not findings:
         return
     src = ctx.src
     table = src.table(source)
     sampled = findings[:MAX_SAMPLED_GROUPS]
-    gcols = group_columns(src, source, group_by)
-    plain = [src.column(source, name) for name in group_by]
-    newest_first = (src.time_value(src.time_column(source)).desc(), table.c.id)
-    ranked = (
-        select(
-            table.c.id.label("row_id"),
-            *gcols,
-            func.row_number().over(partition_by=plain or None, order_by=newest_first).label("rn"),
-        )
-        .where(conditions, group_filter(src, source, group_by, [f.group for f in sampled]))
+    # The raw column orders by the index; on SQLite that is the stored text, which
+    # sorts as time for the store's (single) timestamp format.
+    newest_first = (src.time_column(source).desc(), table.c.id.desc())
+    parts = [
+        select(table.c.id.label("row_id"), literal(index).label("group_index"))
+        .where(conditions, group_filter(src, source, group_by, [finding.group]))
+        .order_by(*newest_first)
+        .limit(limit)
         .subquery()
-    )
-    stmt: Select[Any] = select(ranked).where(ranked.c.rn <= limit).order_by(ranked.c.rn)
-    by_group: dict[tuple[str, ...], list[str]] = {}
+        .select()
+        for index, finding in enumerate(sampled)
+    ]
+    stmt = parts[0] if len(parts) == 1 else union_all(*parts)
     for row in ctx.conn.execute(stmt):
-        key = tuple(str(v) for v in group_of(group_by, row).values())
-        by_group.setdefault(key, []).append(str(row.row_id))
-    for finding in sampled:
-        key = tuple(str(v) for v in finding.group.values())
-        finding.row_ids = by_group.get(key, [])
+        sampled[row.group_index].row_ids.append(str(row.row_id))
 
 
 class RuleKind(ABC):

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import Float, Select, and_, case, cast, func, or_, select
+from sqlalchemy import Float, Select, and_, case, cast, func, literal, or_, select
 from sqlalchemy.sql.elements import ColumnElement
 
 from audit_watch.alert import Finding
@@ -23,6 +23,8 @@ from audit_watch.source import AuditSource
 
 def bucket_index(src: AuditSource, time: ColumnElement[Any], rule: MetricRule, now: Any, periods: int) -> ColumnElement[Any]:
     """0 for the window, k for the k-th window before it (exact half-open bounds)."""
+    if periods == 0:
+        return literal(0)  # the rows are already limited to the window
     whens = [
         (src.flag_between(time, now - rule.window * (k + 1), now - rule.window * k), k)
         for k in range(periods + 1)
