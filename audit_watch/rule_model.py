@@ -13,7 +13,7 @@ from typing import Annotated, Any, Literal, Union
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from croniter import croniter
-from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 from pydantic_core import PydanticCustomError
 
 from audit_watch.columns import column_problem
@@ -26,6 +26,29 @@ CompareOp = Literal[">", ">=", "<", "<=", "=="]
 WHERE_OPERATORS = ("eq", "in", "not", "not_in", "gt", "gte", "lt", "lte", "contains", "exists")
 _LIST_OPERATORS = {"in", "not_in"}
 _ORDER_OPERATORS = {"gt", "gte", "lt", "lte"}
+
+
+def check_timezone(name: str) -> ZoneInfo:
+    try:
+        return ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError) as exc:
+        raise ValueError(f"unknown time zone {name!r} (use an IANA name such as Europe/Berlin)") from exc
+
+
+def check_cron_expression(value: str) -> str:
+    if len(value.split()) != 5 or not croniter.is_valid(value):
+        raise ValueError(f"{value!r} is not a five-field cron expression (e.g. '*/5 * * * *')")
+    return value
+
+
+def _checked_timezone(value: str) -> str:
+    check_timezone(value)
+    return value
+
+
+# Types for schedules and time zones, shared by rules and report definitions.
+CronExpression = Annotated[str, AfterValidator(check_cron_expression)]
+TimeZoneName = Annotated[str, AfterValidator(_checked_timezone)]
 
 
 @dataclass(frozen=True)
@@ -123,8 +146,8 @@ class RuleBase(BaseModel):
     group_by: tuple[str, ...] = ()
     window: Duration = timedelta(minutes=15)
     every: Duration | None = None
-    schedule: str | None = None
-    timezone: str | None = None
+    schedule: CronExpression | None = None
+    timezone: TimeZoneName | None = None
     for_: Duration = Field(default=timedelta(0), alias="for")
     keep_firing_for: Duration = timedelta(0)
     severity: Severity = "warning"
@@ -171,20 +194,6 @@ class RuleBase(BaseModel):
     def _positive_every(cls, value: timedelta | None) -> timedelta | None:
         if value is not None and value <= timedelta(0):
             raise ValueError("every must be longer than 0s")
-        return value
-
-    @field_validator("schedule")
-    @classmethod
-    def _check_schedule(cls, value: str | None) -> str | None:
-        if value is not None and (len(value.split()) != 5 or not croniter.is_valid(value)):
-            raise ValueError(f"{value!r} is not a five-field cron expression (e.g. '*/5 * * * *')")
-        return value
-
-    @field_validator("timezone")
-    @classmethod
-    def _check_timezone(cls, value: str | None) -> str | None:
-        if value is not None:
-            check_timezone(value)
         return value
 
     @field_validator("notify")
@@ -343,8 +352,3 @@ Rule = Annotated[
 RULE_KINDS = ("threshold", "ratio", "spike", "metric", "absence", "cron_missed", "new_value", "any")
 
 
-def check_timezone(name: str) -> ZoneInfo:
-    try:
-        return ZoneInfo(name)
-    except (ZoneInfoNotFoundError, ValueError) as exc:
-        raise ValueError(f"unknown time zone {name!r} (use an IANA name such as Europe/Berlin)") from exc

@@ -20,14 +20,13 @@ import re
 from datetime import time, timedelta
 from typing import Annotated, Literal, Union
 
-from croniter import croniter
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 from pydantic_core import PydanticCustomError
 
 from audit_watch.durations import Duration
 from audit_watch.reports.periods import check_period_spec
 from audit_watch.reports.scope import Scope
-from audit_watch.rule_model import check_timezone
+from audit_watch.rule_model import CronExpression, TimeZoneName
 
 REPORT_NAMES = ("weekly-digest", "compliance", "token-usage", "triage")
 WEEKDAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
@@ -58,8 +57,8 @@ class ReportDefinitionBase(_Strict):
     name: str
     description: str = ""
     report: str
-    schedule: str | None = None      # none: only on demand (`audit-watch report NAME`)
-    timezone: str | None = None      # none: the config's timezone
+    schedule: CronExpression | None = None   # none: only on demand (`audit-watch report NAME`)
+    timezone: TimeZoneName | None = None     # none: the config's timezone
     scope: ScopeDefinition = Field(default_factory=ScopeDefinition)
     period: str = "7d"
     channels: tuple[str, ...] = ()
@@ -72,20 +71,6 @@ class ReportDefinitionBase(_Strict):
     def _check_name(cls, value: str) -> str:
         if not _NAME.match(value):
             raise ValueError("use letters, digits, '-', '_' and '.' (it names files and the command argument)")
-        return value
-
-    @field_validator("schedule")
-    @classmethod
-    def _check_schedule(cls, value: str | None) -> str | None:
-        if value is not None and (len(value.split()) != 5 or not croniter.is_valid(value)):
-            raise ValueError(f"{value!r} is not a five-field cron expression (e.g. '0 8 * * 1')")
-        return value
-
-    @field_validator("timezone")
-    @classmethod
-    def _check_timezone(cls, value: str | None) -> str | None:
-        if value is not None:
-            check_timezone(value)
         return value
 
     @field_validator("period")
