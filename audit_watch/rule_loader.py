@@ -14,12 +14,11 @@ from typing import Any
 from pydantic import TypeAdapter, ValidationError
 
 from audit_watch.config import problems_from_validation
+from audit_watch.definition_files import document_entries, unique_by_name, yaml_files
 from audit_watch.rule_model import Rule, RuleBase
 from audit_watch.yaml_source import InputError, LocatedDocument, Problem, interpolate_env, load_yaml
 
 RULE_ADAPTER: TypeAdapter[Any] = TypeAdapter(Rule)
-RULE_SUFFIXES = (".yaml", ".yml")
-TEST_SUFFIXES = (".test.yaml", ".test.yml")
 
 
 @dataclass(frozen=True)
@@ -38,51 +37,15 @@ class RuleSet:
         return next((r.rule for r in self.rules if r.rule.name == name), None)
 
 
-def rule_files(paths: Iterable[str | Path]) -> tuple[list[Path], list[Problem]]:
-    """Expand files and folders (recursively) into rule files; rule tests are skipped."""
-    files: list[Path] = []
-    problems: list[Problem] = []
-    for raw in paths:
-        path = Path(raw)
-        if path.is_dir():
-            found = sorted(
-                p for p in path.rglob("*")
-                if p.is_file() and p.name.endswith(RULE_SUFFIXES) and not p.name.endswith(TEST_SUFFIXES)
-            )
-            files.extend(found)
-        elif path.is_file():
-            files.append(path)
-        else:
-            problems.append(Problem(str(path), 0, "rules", "no such file or folder"))
-    return files, problems
-
-
 def parse_rule_document(
     doc: LocatedDocument, context: Mapping[str, Any] | None = None
 ) -> tuple[list[LoadedRule], list[Problem]]:
     """Validate the rules of one parsed file."""
     problems = interpolate_env(doc)
-    if doc.data is None:
-        return [], [doc.problem((), "empty file: expected a rule (a mapping with name and kind)")]
-    if isinstance(doc.data, list):
-        return [], [doc.problem((), "a rule file holds one rule (a mapping) or a list under 'rules:', not a bare list")]
-    if not isinstance(doc.data, dict):
-        return [], [doc.problem((), "expected a rule (a mapping with name and kind)")]
-    if "rules" in doc.data:
-        extra = sorted(set(doc.data) - {"rules"})
-        if extra:
-            problems.append(doc.problem((extra[0],), "unknown key beside 'rules:' (put it inside a rule)"))
-        items = doc.data["rules"]
-        if not isinstance(items, list):
-            return [], problems + [doc.problem(("rules",), "expected a list of rules")]
-        entries = [(("rules", i), item) for i, item in enumerate(items)]
-    else:
-        entries = [((), doc.data)]
+    entries, shape_problems = document_entries(doc, "rules", "a rule (a mapping with name and kind)")
+    problems += shape_problems
     loaded: list[LoadedRule] = []
     for path, data in entries:
-        if not isinstance(data, dict):
-            problems.append(doc.problem(path, "expected a rule (a mapping with name and kind)"))
-            continue
         try:
             rule = RULE_ADAPTER.validate_python(data, context=dict(context or {}))
         except ValidationError as exc:
@@ -94,28 +57,19 @@ def parse_rule_document(
 
 def load_rules(paths: Iterable[str | Path], context: Mapping[str, Any] | None = None) -> RuleSet:
     """Load every rule file under ``paths``; duplicate names are problems (the first wins)."""
-    files, problems = rule_files(paths)
-    result = RuleSet(problems=problems)
-    seen: dict[str, LoadedRule] = {}
+    files, problems = yaml_files(paths, "rules")
+    loaded: list[LoadedRule] = []
     for file in files:
         try:
             doc = load_yaml(file)
         except InputError as exc:
-            result.problems.extend(exc.problems)
+            problems.extend(exc.problems)
             continue
-        loaded, file_problems = parse_rule_document(doc, context)
-        result.problems.extend(file_problems)
-        for item in loaded:
-            first = seen.get(item.rule.name)
-            if first is not None:
-                result.problems.append(
-                    Problem(item.file, item.line, "name",
-                            f"duplicate rule name {item.rule.name!r} (first defined at {first.file}:{first.line})")
-                )
-                continue
-            seen[item.rule.name] = item
-            result.rules.append(item)
-    return result
+        file_rules, file_problems = parse_rule_document(doc, context)
+        loaded.extend(file_rules)
+        problems.extend(file_problems)
+    rules, duplicates = unique_by_name(loaded, lambda r: r.rule.name, lambda r: (r.file, r.line), "rule")
+    return RuleSet(rules, problems + duplicates)
 
 
 def load_rule_file(path: str | Path, context: Mapping[str, Any] | None = None) -> list[RuleBase]:
@@ -124,3 +78,8 @@ def load_rule_file(path: str | Path, context: Mapping[str, Any] | None = None) -
     if result.problems:
         raise InputError(result.problems)
     return [item.rule for item in result.rules]
+
+
+def rule_files(paths: Iterable[str | Path]) -> tuple[list[Path], list[Problem]]:
+    """The rule files under ``paths`` (what a reload watches)."""
+    return yaml_files(paths, "rules")

@@ -8,17 +8,17 @@ written (no union tag in them) and map straight onto lines.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from pydantic import ValidationError
 
 from audit_watch.config import problems_from_validation
+from audit_watch.definition_files import document_entries, unique_by_name, yaml_files
 from audit_watch.reports.model import DEFINITION_MODELS, REPORT_NAMES, ReportDefinitionBase, default_definition
 from audit_watch.yaml_source import InputError, LocatedDocument, Problem, interpolate_env, load_yaml
 
-SUFFIXES = (".yaml", ".yml")
 
 
 @dataclass(frozen=True)
@@ -26,15 +26,6 @@ class LoadedReport:
     definition: ReportDefinitionBase
     file: str
     line: int
-
-
-@dataclass
-class ReportSet:
-    reports: list[LoadedReport] = field(default_factory=list)
-    problems: list[Problem] = field(default_factory=list)
-
-    def by_name(self, name: str) -> ReportDefinitionBase | None:
-        return next((r.definition for r in self.reports if r.definition.name == name), None)
 
 
 def report_definitions(
@@ -45,65 +36,30 @@ def report_definitions(
     ``channels`` (the config's) lets unknown channel names be reported; without it
     they are not checked. Duplicate names are problems (the first one wins).
     """
-    result = ReportSet()
-    seen: dict[str, LoadedReport] = {}
-    for file in _files(paths, result.problems):
+    files, problems = yaml_files(paths, "reports")
+    loaded: list[LoadedReport] = []
+    for file in files:
         try:
             doc = load_yaml(file)
         except InputError as exc:
-            result.problems.extend(exc.problems)
+            problems.extend(exc.problems)
             continue
-        loaded, problems = parse_report_document(doc, channels)
-        result.problems.extend(problems)
-        for item in loaded:
-            first = seen.get(item.definition.name)
-            if first is not None:
-                result.problems.append(Problem(
-                    item.file, item.line, "name",
-                    f"duplicate report name {item.definition.name!r} (first defined at {first.file}:{first.line})"))
-                continue
-            seen[item.definition.name] = item
-            result.reports.append(item)
-    return result.reports, result.problems
-
-
-def _files(paths: Iterable[str | Path], problems: list[Problem]) -> list[Path]:
-    files: list[Path] = []
-    for raw in paths:
-        path = Path(raw)
-        if path.is_dir():
-            files.extend(sorted(p for p in path.rglob("*") if p.is_file() and p.name.endswith(SUFFIXES)))
-        elif path.is_file():
-            files.append(path)
-        else:
-            problems.append(Problem(str(path), 0, "reports", "no such file or folder"))
-    return files
+        file_reports, file_problems = parse_report_document(doc, channels)
+        loaded.extend(file_reports)
+        problems.extend(file_problems)
+    reports, duplicates = unique_by_name(loaded, lambda r: r.definition.name, lambda r: (r.file, r.line), "report")
+    return reports, problems + duplicates
 
 
 def parse_report_document(
     doc: LocatedDocument, channels: Mapping[str, Any] | None = None
 ) -> tuple[list[LoadedReport], list[Problem]]:
     problems = interpolate_env(doc)
-    if doc.data is None:
-        return [], [doc.problem((), "empty file: expected a report (a mapping with name and report)")]
-    if not isinstance(doc.data, dict):
-        return [], [doc.problem((), "expected a report (a mapping with name and report), or a list under 'reports:'")]
-    if "reports" in doc.data:
-        extra = sorted(set(doc.data) - {"reports"})
-        if extra:
-            problems.append(doc.problem((extra[0],), "unknown key beside 'reports:' (put it inside a report)"))
-        items = doc.data["reports"]
-        if not isinstance(items, list):
-            return [], problems + [doc.problem(("reports",), "expected a list of reports")]
-        entries: list[tuple[tuple[str | int, ...], Any]] = [(("reports", i), item) for i, item in enumerate(items)]
-    else:
-        entries = [((), doc.data)]
+    entries, shape_problems = document_entries(doc, "reports", "a report (a mapping with name and report)")
+    problems += shape_problems
     context = {"channels": channels} if channels is not None else {}
     loaded: list[LoadedReport] = []
     for path, data in entries:
-        if not isinstance(data, dict):
-            problems.append(doc.problem(path, "expected a report (a mapping with name and report)"))
-            continue
         kind = data.get("report")
         model = DEFINITION_MODELS.get(kind) if isinstance(kind, str) else None
         if model is None:
