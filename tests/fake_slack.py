@@ -11,6 +11,7 @@ from __future__ import annotations
 import itertools
 import json
 import threading
+import time
 from collections import defaultdict, deque
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -25,6 +26,7 @@ class Reply:
     status: int = 200
     body: Any = None                   # dict -> JSON; str -> text
     headers: dict[str, str] = field(default_factory=dict)
+    delay: float = 0.0                 # seconds before answering (a hung Slack)
 
 
 def rate_limited(retry_after: int = 2) -> Reply:
@@ -33,6 +35,12 @@ def rate_limited(retry_after: int = 2) -> Reply:
 
 def server_error(status: int = 500) -> Reply:
     return Reply(status, "upstream broke")
+
+
+def hang(seconds: float) -> Reply:
+    """Answer success, but only after ``seconds``: a client killed meanwhile gets nothing,
+    and the request is recorded with status 0 (never answered)."""
+    return Reply(200, None, {}, seconds)
 
 
 def slack_error(code: str) -> Reply:
@@ -111,17 +119,27 @@ class FakeSlack:
         with self._lock:
             script = self._scripts[method]
             reply = script.popleft() if script else self._success(method, body)
-            self.requests.append(Request(method, handler.path, dict(handler.headers.items()), body, reply.status))
+        if reply.delay:
+            time.sleep(reply.delay)
+            if reply.body is None:
+                reply = Reply(reply.status, self._success(method, body).body, reply.headers)
         payload = reply.body
         data = json.dumps(payload).encode() if isinstance(payload, dict) else str(payload or "").encode()
-        handler.send_response(reply.status)
-        content_type = "application/json; charset=utf-8" if isinstance(payload, dict) else "text/plain; charset=utf-8"
-        handler.send_header("Content-Type", content_type)
-        for key, value in reply.headers.items():
-            handler.send_header(key, value)
-        handler.send_header("Content-Length", str(len(data)))
-        handler.end_headers()
-        handler.wfile.write(data)
+        answered = reply.status
+        try:
+            handler.send_response(reply.status)
+            content_type = "application/json; charset=utf-8" if isinstance(payload, dict) else "text/plain; charset=utf-8"
+            handler.send_header("Content-Type", content_type)
+            for key, value in reply.headers.items():
+                handler.send_header(key, value)
+            handler.send_header("Content-Length", str(len(data)))
+            handler.end_headers()
+            handler.wfile.write(data)
+            handler.wfile.flush()
+        except OSError:
+            answered = 0  # the client went away before the answer
+        with self._lock:
+            self.requests.append(Request(method, handler.path, dict(handler.headers.items()), body, answered))
 
     def _success(self, method: str, body: dict[str, Any]) -> Reply:
         if method == "webhook":
