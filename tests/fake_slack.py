@@ -59,6 +59,7 @@ class Request:
 class FakeSlack:
     def __init__(self) -> None:
         self.requests: list[Request] = []
+        self.received: list[str] = []      # methods, as requests arrive (before any answer)
         self._scripts: dict[str, deque[Reply]] = defaultdict(deque)
         self._ts = itertools.count(1)
         self._lock = threading.Lock()
@@ -117,6 +118,7 @@ class FakeSlack:
             body = {k: v[0] for k, v in parse_qs(raw).items()}
         method = "webhook" if handler.path.startswith("/hooks/") else handler.path.rsplit("/", 1)[-1]
         with self._lock:
+            self.received.append(method)
             script = self._scripts[method]
             reply = script.popleft() if script else self._success(method, body)
         if reply.delay:
