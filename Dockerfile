@@ -15,4 +15,9 @@ RUN pip install --no-cache-dir -e . \
 USER audit-watch
 WORKDIR /var/lib/audit-watch
 VOLUME ["/etc/audit-watch", "/var/lib/audit-watch"]
-CMD ["audit-watch", "--config", "/etc/audit-watch/audit-watch.yaml", "run"]
+EXPOSE 9464
+# /healthz answers 200 only while the scheduler runs and every rule's last tick is recent
+# (set daemon.listen to 0.0.0.0:9464 in the config to scrape /metrics from outside).
+HEALTHCHECK --interval=30s --timeout=5s --start-period=60s --retries=3 \
+  CMD python -c "import urllib.request,sys; sys.exit(0 if urllib.request.urlopen('http://127.0.0.1:9464/healthz', timeout=4).status == 200 else 1)"
+CMD ["audit-watch", "--config", "/etc/audit-watch/audit-watch.yaml", "run", "--log-format", "json"]
