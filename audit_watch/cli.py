@@ -59,6 +59,7 @@ class Settings:
     def __init__(self) -> None:
         self.config_path: str | None = None
         self.source_url: str | None = None
+        self.log_level: int | None = None
         self._config: Config | None = None
 
     @property
@@ -98,15 +99,16 @@ def common_options(command: Callable[..., Any]) -> Callable[..., Any]:
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--config", "config_path", type=click.Path(dir_okay=False), help="Config file (default ./audit-watch.yaml).")
 @click.option("--source", "source_url", help="SQLAlchemy URL of the audit store (overrides source.url).")
-@click.option("--log-level", default="WARNING", show_default=True,
+@click.option("--log-level", default=None, help="Default: WARNING; INFO for `run`.",
               type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False))
 @click.version_option(__version__, prog_name="audit-watch")
 @click.pass_context
-def main(ctx: click.Context, config_path: str | None, source_url: str | None, log_level: str) -> None:
+def main(ctx: click.Context, config_path: str | None, source_url: str | None, log_level: str | None) -> None:
     """Alerts and reports over Auxot's audit logs (Jobs, Threads, Events)."""
-    logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(level=(log_level or "WARNING").upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     settings = ctx.ensure_object(Settings)
     settings.config_path, settings.source_url = config_path, source_url
+    settings.log_level = logging.getLevelName(log_level.upper()) if log_level else None
 
 
 def _now(value: datetime | None) -> datetime:
@@ -280,7 +282,7 @@ def run(settings: Settings, once: bool, now: datetime | None, log_format: str, l
         sys.exit(daemon.run_once(settings.config_path, settings.source_url, now))
     if now is not None:
         raise click.BadParameter("--now only goes with --once", param_hint="--now")
-    sys.exit(daemon.run_daemon(settings.config_path, settings.source_url, log_format, listen))
+    sys.exit(daemon.run_daemon(settings.config_path, settings.source_url, log_format, listen, settings.log_level))
 
 
 @main.command()

@@ -413,9 +413,10 @@ def _install_signals(daemon: Daemon) -> None:
 
 
 def run_daemon(config_path: str | None, source_url: str | None, log_format: str = "text",
-               listen: str | None = None) -> int:
-    """``audit-watch run``: blocks until SIGTERM or SIGINT; returns the exit code."""
-    configure_logging(log_format)
+               listen: str | None = None, level: int | None = None) -> int:
+    """``audit-watch run``: blocks until SIGTERM or SIGINT; returns the exit code.
+    ``level`` is the log level the operator asked for (default INFO)."""
+    configure_logging(log_format, level)
     daemon = Daemon(config_path, source_url, listen)
     _install_signals(daemon)
     try:
