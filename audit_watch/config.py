@@ -165,6 +165,15 @@ class DaemonConfig(_Strict):
         return value or None
 
 
+class DeliveryConfig(_Strict):
+    """How hard the outbox tries: retries with exponential backoff and jitter until
+    ``max_age`` after queueing, then the notification is kept as dead."""
+
+    max_age: Duration = timedelta(hours=24)
+    base_delay: Duration = timedelta(seconds=30)
+    max_delay: Duration = timedelta(hours=1)
+
+
 class Config(_Strict):
     source: SourceConfig = Field(default_factory=SourceConfig)
     state: StateConfig = Field(default_factory=StateConfig)
@@ -175,6 +184,7 @@ class Config(_Strict):
     timezone: str = "UTC"
     channels: dict[str, Channel] = Field(default_factory=dict)
     daemon: DaemonConfig = Field(default_factory=DaemonConfig)
+    delivery: DeliveryConfig = Field(default_factory=DeliveryConfig)
     # The folder relative paths in this file are resolved against.
     base_dir: Path = Field(default_factory=Path.cwd, exclude=True)
     file: str | None = Field(default=None, exclude=True)

@@ -49,6 +49,11 @@ class DeliveryPolicy:
     lease: timedelta = timedelta(minutes=10)
     batch_size: int = 50
 
+    @classmethod
+    def from_config(cls, delivery: Any) -> "DeliveryPolicy":
+        """The policy the config's ``delivery:`` section asks for."""
+        return cls(max_age=delivery.max_age, base_delay=delivery.base_delay, max_delay=delivery.max_delay)
+
     def backoff(self, attempts: int, rng: random.Random) -> timedelta:
         """Exponential, capped, with "equal jitter": half fixed, half random."""
         delay = min(self.max_delay.total_seconds(), self.base_delay.total_seconds() * 2 ** max(attempts - 1, 0))

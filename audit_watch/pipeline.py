@@ -115,7 +115,7 @@ def process(
     alert); an evaluation older than the rule's last one is skipped as stale.
     """
     renderer = renderer or Renderer(config.template_paths, config.timezone)
-    policy = policy or DeliveryPolicy()
+    policy = policy or DeliveryPolicy.from_config(config.delivery)
     summary = ProcessSummary()
     with state.write() as conn:
         silences = active_silences(conn, now)
@@ -227,7 +227,7 @@ def deliver_due(
     ``channels`` replaces senders by name (tests); ``channel_options`` passes
     options to the senders built from the config (e.g. ``{"mail": {"ssl_context": ctx}}``).
     """
-    policy = policy or DeliveryPolicy()
+    policy = policy or DeliveryPolicy.from_config(config.delivery)
     rng = rng or random.Random()
     summary = DeliverySummary()
     built: dict[str, Channel] = {}

@@ -414,7 +414,8 @@ def load_runtime(config_path: str | None, source_url: str | None, state: StateSt
     else:
         src = AuditSource.from_config(config.source, source_url)
         log_disconnects(src.engine, "audit store")
-    ctx = TickContext(config, src, state, Renderer(config.template_paths, config.timezone), replica, clock, hold=hold)
+    ctx = TickContext(config, src, state, Renderer(config.template_paths, config.timezone), replica, clock,
+                      policy=DeliveryPolicy.from_config(config.delivery), hold=hold)
     return Runtime(config, rules, triggers, ctx), rule_set.problems
 
 

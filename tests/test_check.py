@@ -137,3 +137,16 @@ def test_check_as_a_real_process_exits_1_without_traceback(tmp_path: Path) -> No
     assert proc.returncode == 1
     assert "Traceback" not in proc.stderr
     assert "r.yaml:3: window:" in proc.stderr
+
+
+def test_delivery_max_age_comes_from_the_config(tmp_path: Path) -> None:
+    from audit_watch.config import load_config
+    from audit_watch.outbox import DeliveryPolicy
+
+    path = tmp_path / "audit-watch.yaml"
+    path.write_text("delivery: {max_age: 2h, base_delay: 10s}\n")
+    policy = DeliveryPolicy.from_config(load_config(path).delivery)
+    assert policy.max_age.total_seconds() == 7200 and policy.base_delay.total_seconds() == 10
+    path.write_text("delivery: {max_age: soon}\n")
+    code, output = _run_check(tmp_path, {"audit-watch.yaml": "rules: [rules/]\ndelivery: {max_age: soon}\n"})
+    assert code == 1 and "audit-watch.yaml:2: delivery.max_age" in output
