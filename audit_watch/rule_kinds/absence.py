@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 from datetime import datetime
+from typing import Any
 
-from sqlalchemy import case, func, select
+from sqlalchemy import Select, case, func, select
 
 from audit_watch.alert import Finding
-from audit_watch.rule_kinds.base import EvalContext, RuleKind, group_columns, group_of
+from audit_watch.rule_kinds.base import EvalContext, Moments, RuleKind, group_columns, group_of
 from audit_watch.rule_model import AbsenceRule
+from audit_watch.source import AuditSource
 
 
 class Absence(RuleKind):
@@ -16,24 +18,9 @@ class Absence(RuleKind):
 
     def find(self, rule: AbsenceRule, ctx: EvalContext) -> list[Finding]:
         src, now = ctx.src, ctx.now
-        window_start = now - rule.window
-        lookback_start = window_start - rule.lookback
-        time = src.time_column(rule.source)
-        groups = group_columns(src, rule.source, rule.group_by)
-        counted = (
-            select(
-                *groups,
-                func.sum(case((src.flag_between(time, window_start, now), 1), else_=0)).label("current"),
-                func.count().label("seen"),
-                func.max(src.time_value(time)).label("last_seen"),
-            )
-            .where(src.conditions(rule.source, rule.where), src.between(time, lookback_start, now))
-            .group_by(*groups)
-            .subquery()
-        )
-        stmt = select(counted).where(counted.c.current == 0)
+        stmt = ctx.prepared(rule, (self.name, "find"), lambda moments: self.statement(rule, src, moments))
         findings = []
-        for row in ctx.conn.execute(stmt):
+        for row in ctx.execute(stmt):
             last_seen = src.read_time(row.last_seen)
             findings.append(
                 Finding(
@@ -49,6 +36,25 @@ class Absence(RuleKind):
                 )
             )
         return findings
+
+    def statement(self, rule: AbsenceRule, src: AuditSource, moments: Moments) -> Select[Any]:
+        now = moments.now
+        window_start = moments.ago(rule.window)
+        lookback_start = moments.ago(rule.window + rule.lookback)
+        time = src.time_column(rule.source)
+        groups = group_columns(src, rule.source, rule.group_by)
+        counted = (
+            select(
+                *groups,
+                func.sum(case((src.flag_between(time, window_start, now), 1), else_=0)).label("current"),
+                func.count().label("seen"),
+                func.max(src.time_value(time)).label("last_seen"),
+            )
+            .where(src.conditions(rule.source, rule.where), src.between(time, lookback_start, now))
+            .group_by(*groups)
+            .subquery()
+        )
+        return select(counted).where(counted.c.current == 0)
 
     def sample_range(self, rule: AbsenceRule, now: datetime) -> tuple[datetime, datetime]:
         # Nothing is in the window by definition: the evidence is the last rows seen.

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import json
+from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import Select, select
 
 from audit_watch.alert import Finding
-from audit_watch.rule_kinds.base import EvalContext, RuleKind, group_columns, group_of
+from audit_watch.rule_kinds.base import EvalContext, Moments, RuleKind, group_columns, group_of
 from audit_watch.rule_model import AnyRule
+from audit_watch.source import AuditSource
 
 
 # What an alert shows of the row. Prompts and responses are never here: they only
@@ -22,26 +24,23 @@ ROW_FIELDS = {
 CONTENT_FIELDS = {"jobs": ("prompt", "response")}
 
 
+def row_fields(rule: AnyRule) -> tuple[str, ...]:
+    """The columns of the row an alert shows."""
+    return ROW_FIELDS[rule.source] + (CONTENT_FIELDS.get(rule.source, ()) if rule.include_content else ())
+
+
 class AnyRow(RuleKind):
     name = "any"
 
     def find(self, rule: AnyRule, ctx: EvalContext) -> list[Finding]:
         src = ctx.src
-        table = src.table(rule.source)
-        time = src.time_column(rule.source)
-        groups = group_columns(src, rule.source, rule.group_by)
-        fields = ROW_FIELDS[rule.source] + (CONTENT_FIELDS.get(rule.source, ()) if rule.include_content else ())
-        row_columns = [table.c[name].label(f"row_{name}") for name in fields]
-        stmt = (
-            select(table.c.id, src.time_value(time).label("at"), *groups, *row_columns)
-            .where(src.conditions(rule.source, rule.where), src.window(rule.source, ctx.window_start(rule), ctx.now))
-            .order_by(src.time_value(time), table.c.id)
-            .limit(rule.max_alerts + 1)
-        )
-        rows = ctx.conn.execute(stmt).all()
+        stmt = ctx.prepared(rule, (self.name, "find"), lambda moments: self.statement(rule, src, moments))
+        labelled_fields = [(name, f"row_{name}") for name in row_fields(rule)]
+        rows = ctx.execute(stmt).all()
         findings = []
         for row in rows[: rule.max_alerts]:
             at = src.read_time(row.at)
+            mapping = row._mapping  # a new view at every access: once per row
             findings.append(
                 Finding(
                     group={**group_of(rule.group_by, row), "id": row.id},
@@ -49,7 +48,7 @@ class AnyRow(RuleKind):
                     threshold=None,
                     details={
                         "at": at.isoformat() if at else None,
-                        "row": {name: _plain(row._mapping[f"row_{name}"]) for name in fields},
+                        "row": {name: _plain(mapping[label]) for name, label in labelled_fields},
                     },
                     row_ids=[str(row.id)],
                 )
@@ -57,6 +56,21 @@ class AnyRow(RuleKind):
         if len(rows) > rule.max_alerts and findings:
             findings[-1].details["truncated"] = True
         return findings
+
+    def statement(self, rule: AnyRule, src: AuditSource, moments: Moments) -> Select[Any]:
+        table = src.table(rule.source)
+        time = src.time_column(rule.source)
+        groups = group_columns(src, rule.source, rule.group_by)
+        row_columns = [table.c[name].label(f"row_{name}") for name in row_fields(rule)]
+        return (
+            select(table.c.id, src.time_value(time).label("at"), *groups, *row_columns)
+            .where(
+                src.conditions(rule.source, rule.where),
+                src.window(rule.source, moments.ago(rule.window), moments.now),
+            )
+            .order_by(src.time_value(time), table.c.id)
+            .limit(rule.max_alerts + 1)
+        )
 
     def sample(self, rule: AnyRule, ctx: EvalContext, findings: list[Finding]) -> None:
         """Each finding is its own row: nothing more to fetch."""

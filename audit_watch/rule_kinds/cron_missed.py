@@ -2,6 +2,10 @@
 
 Expected runs and their fires come from :mod:`audit_watch.cron_runs` (one row
 per run, counted in SQL); the value is the number of consecutive missed runs.
+
+The statements reading the crons and their last fires are built once per rule;
+the one counting fires per run is built per evaluation, as the runs (a JSON
+parameter of :func:`~audit_watch.cron_runs.runs_table`) change with ``now``.
 """
 
 from __future__ import annotations
@@ -12,12 +16,14 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from cronsim import CronSimError
-from sqlalchemy import and_, func, select
+from sqlalchemy import Select, and_, bindparam, func, select
+from sqlalchemy.sql.elements import ColumnElement
 
 from audit_watch.alert import Finding
 from audit_watch.cron_runs import FIRED, expected_runs, fired_per_run
-from audit_watch.rule_kinds.base import EvalContext, RuleKind, sample_rows
+from audit_watch.rule_kinds.base import EvalContext, Moments, RuleKind, sample_rows
 from audit_watch.rule_model import CronMissedRule
+from audit_watch.source import AuditSource
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +53,7 @@ class CronMissed(RuleKind):
             return []
         history = {c.id: self._runs(c, due_by, rule.max_runs) for c in missed}
         fired = self._fired_counts(ctx, rule, history)
-        last_fired = self._last_fired(ctx, [c.id for c in missed])
+        last_fired = self._last_fired(rule, ctx, [c.id for c in missed])
         findings = []
         for cron in missed:
             runs = history[cron.id]
@@ -80,11 +86,14 @@ class CronMissed(RuleKind):
         return findings
 
     def _crons(self, rule: CronMissedRule, ctx: EvalContext) -> list[CronRow]:
-        crons = ctx.src.table("crons")
-        stmt = select(
+        stmt = ctx.prepared(rule, (self.name, "crons"), lambda _moments: self._crons_statement(rule, ctx.src))
+        return [CronRow(*row) for row in ctx.execute(stmt)]
+
+    def _crons_statement(self, rule: CronMissedRule, src: AuditSource) -> Select[Any]:
+        crons = src.table("crons")
+        return select(
             crons.c.id, crons.c.agent_id, crons.c.name, crons.c.schedule, crons.c.timezone, crons.c.created_at
-        ).where(crons.c.enabled.is_(True), ctx.src.conditions("crons", rule.where)).order_by(crons.c.id)
-        return [CronRow(*row) for row in ctx.conn.execute(stmt)]
+        ).where(crons.c.enabled.is_(True), src.conditions("crons", rule.where)).order_by(crons.c.id)
 
     def _runs(self, cron: CronRow, due_by: datetime, limit: int) -> list[datetime]:
         try:
@@ -108,26 +117,42 @@ class CronMissed(RuleKind):
             counts[(row.cron_id, src.read_time(row.expected_at))] = int(row.fired)
         return counts
 
-    def _last_fired(self, ctx: EvalContext, cron_ids: list[str]) -> dict[str, str]:
+    def _last_fired(self, rule: CronMissedRule, ctx: EvalContext, cron_ids: list[str]) -> dict[str, str]:
         src = ctx.src
+        stmt = ctx.prepared(rule, (self.name, "last fired"), lambda moments: self._last_fired_statement(src, moments))
+        rows = ctx.conn.execute(stmt.built, {**ctx.params(stmt), "cron_ids": cron_ids})
+        return {row.cron_id: src.read_time(row.last).isoformat() for row in rows}
+
+    def _last_fired_statement(self, src: AuditSource, moments: Moments) -> Select[Any]:
+        """The last fire of each cron in the bound list ``cron_ids``."""
         events = src.table("events")
         cron_id = src.json_text(events.c["metadata"], "cron_id")
-        stmt = (
+        return (
             select(cron_id.label("cron_id"), func.max(src.time_value(events.c.created_at)).label("last"))
-            .where(events.c.event_type == FIRED, cron_id.in_(cron_ids), src.at_or_before(events.c.created_at, ctx.now))
+            .where(
+                events.c.event_type == FIRED,
+                cron_id.in_(bindparam("cron_ids", expanding=True)),
+                src.at_or_before(events.c.created_at, moments.now),
+            )
             .group_by(cron_id)
         )
-        return {row.cron_id: src.read_time(row.last).isoformat() for row in ctx.conn.execute(stmt)}
 
     def sample(self, rule: CronMissedRule, ctx: EvalContext, findings: list[Finding]) -> None:
         """The evidence: the cron's last ``cron.fired`` events (when it last ran)."""
-        src = ctx.src
-        events = src.table("events")
-        conditions = and_(events.c.event_type == FIRED, src.at_or_before(events.c.created_at, ctx.now))
+        if not findings:
+            return
+        conditions = ctx.prepared(
+            rule, (self.name, "sample conditions"), lambda moments: self._fired_by_now(ctx.src, moments)
+        )
         renamed = [Finding(group={"metadata.cron_id": f.group["cron_id"]}, value=f.value) for f in findings]
-        sample_rows(ctx, "events", ("metadata.cron_id",), conditions, renamed, limit=5)
+        sample_rows(ctx, "events", ("metadata.cron_id",), conditions.built, renamed, limit=5,
+                    params=ctx.params(conditions))
         for finding, sampled in zip(findings, renamed):
             finding.row_ids = sampled.row_ids
+
+    def _fired_by_now(self, src: AuditSource, moments: Moments) -> ColumnElement[bool]:
+        events = src.table("events")
+        return and_(events.c.event_type == FIRED, src.at_or_before(events.c.created_at, moments.now))
 
     def list_range(self, rule: CronMissedRule, now: datetime) -> tuple[datetime, datetime]:
         return now - timedelta(days=7), now

@@ -16,17 +16,19 @@ from sqlalchemy import Float, Select, and_, case, cast, func, literal, or_, sele
 from sqlalchemy.sql.elements import ColumnElement
 
 from audit_watch.alert import Finding
-from audit_watch.rule_kinds.base import EvalContext, RuleKind, compare, group_columns, group_of
+from audit_watch.rule_kinds.base import EvalContext, Moments, Prepared, RuleKind, compare, group_columns, group_of
 from audit_watch.rule_model import format_number, MetricRule
 from audit_watch.source import AuditSource
 
 
-def bucket_index(src: AuditSource, time: ColumnElement[Any], rule: MetricRule, now: Any, periods: int) -> ColumnElement[Any]:
+def bucket_index(
+    src: AuditSource, time: ColumnElement[Any], rule: MetricRule, moments: Moments, periods: int
+) -> ColumnElement[Any]:
     """0 for the window, k for the k-th window before it (exact half-open bounds)."""
     if periods == 0:
         return literal(0)  # the rows are already limited to the window
     whens = [
-        (src.flag_between(time, now - rule.window * (k + 1), now - rule.window * k), k)
+        (src.flag_between(time, moments.ago(rule.window * (k + 1)), moments.ago(rule.window * k)), k)
         for k in range(periods + 1)
     ]
     return case(*whens, else_=None)
@@ -67,7 +69,15 @@ class Metric(RuleKind):
     name = "metric"
 
     def find(self, rule: MetricRule, ctx: EvalContext) -> list[Finding]:
-        src, now = ctx.src, ctx.now
+        stmt = ctx.prepared(rule, (self.name, "find"), lambda moments: self.statement(rule, ctx.src, moments))
+        if rule.threshold is not None:
+            return [
+                Finding(group=group_of(rule.group_by, row), value=_num(row.value), threshold=str(rule.threshold))
+                for row in ctx.execute(stmt)
+            ]
+        return self._baseline_findings(rule, ctx, stmt)
+
+    def statement(self, rule: MetricRule, src: AuditSource, moments: Moments) -> Select[Any]:
         periods = rule.baseline.periods if rule.baseline else 0
         time = src.time_column(rule.source)
         groups = group_columns(src, rule.source, rule.group_by)
@@ -78,10 +88,10 @@ class Metric(RuleKind):
         else:
             value = src.numeric_column(rule.source, rule.field)
         rows = (
-            select(*groups, bucket_index(src, time, rule, now, periods).label("bucket"), value.label("v"))
+            select(*groups, bucket_index(src, time, rule, moments, periods).label("bucket"), value.label("v"))
             .where(
                 src.conditions(rule.source, rule.where),
-                src.between(time, now - rule.window * (periods + 1), now),
+                src.between(time, moments.ago(rule.window * (periods + 1)), moments.now),
                 value.is_not(None),
             )
             .subquery()
@@ -89,16 +99,12 @@ class Metric(RuleKind):
         per_bucket = aggregate_per_bucket(src, rows, len(groups), rule.aggregate).subquery()
         gkeys = [per_bucket.c[f"g{i}"] for i in range(len(groups))]
         if rule.threshold is not None:
-            stmt = select(*gkeys, per_bucket.c.value).where(
+            return select(*gkeys, per_bucket.c.value).where(
                 per_bucket.c.bucket == 0, compare(per_bucket.c.value, rule.threshold)
             )
-            return [
-                Finding(group=group_of(rule.group_by, row), value=_num(row.value), threshold=str(rule.threshold))
-                for row in ctx.conn.execute(stmt)
-            ]
-        return self._against_baseline(rule, ctx, per_bucket, gkeys)
+        return self._baseline_statement(rule, per_bucket, gkeys)
 
-    def _against_baseline(self, rule: MetricRule, ctx: EvalContext, per_bucket: Any, gkeys: list[Any]) -> list[Finding]:
+    def _baseline_statement(self, rule: MetricRule, per_bucket: Any, gkeys: list[Any]) -> Select[Any]:
         assert rule.baseline is not None
         summary = (
             select(
@@ -116,9 +122,12 @@ class Metric(RuleKind):
         fires = against_baseline
         if rule.min_value is not None:
             fires = or_(against_baseline, and_(summary.c.periods_seen == 0, summary.c.current >= rule.min_value))
-        stmt = select(summary).where(summary.c.current.is_not(None), fires)
+        return select(summary).where(summary.c.current.is_not(None), fires)
+
+    def _baseline_findings(self, rule: MetricRule, ctx: EvalContext, stmt: Prepared[Select[Any]]) -> list[Finding]:
+        assert rule.baseline is not None
         findings = []
-        for row in ctx.conn.execute(stmt):
+        for row in ctx.execute(stmt):
             baseline = float(row.baseline) if row.baseline is not None else None
             threshold = (
                 f"> {format_number(baseline * rule.baseline.factor)}" if baseline is not None else f">= {format_number(rule.min_value)}"

@@ -7,18 +7,35 @@ the ratio is a share (0..1): ``where: {status: failed}`` with
 
 from __future__ import annotations
 
-from sqlalchemy import Float, and_, case, cast, func, select
+from datetime import timedelta
+from typing import Any
+
+from sqlalchemy import Float, Select, case, cast, func, select
 
 from audit_watch.alert import Finding
-from audit_watch.rule_kinds.base import EvalContext, RuleKind, compare, group_columns, group_of, sample_rows
+from audit_watch.rule_kinds.base import (
+    EvalContext, Moments, RuleKind, compare, group_columns, group_of, sample_rows, window_conditions,
+)
 from audit_watch.rule_model import RatioRule
+from audit_watch.source import AuditSource
 
 
 class Ratio(RuleKind):
     name = "ratio"
 
     def find(self, rule: RatioRule, ctx: EvalContext) -> list[Finding]:
-        src = ctx.src
+        stmt = ctx.prepared(rule, (self.name, "find"), lambda moments: self.statement(rule, ctx.src, moments))
+        return [
+            Finding(
+                group=group_of(rule.group_by, row),
+                value=round(float(row.value), 4),
+                threshold=str(rule.ratio),
+                details={"matching": int(row.matching), "total": int(row.total)},
+            )
+            for row in ctx.execute(stmt)
+        ]
+
+    def statement(self, rule: RatioRule, src: AuditSource, moments: Moments) -> Select[Any]:
         groups = group_columns(src, rule.source, rule.group_by)
         numerator_cond = src.conditions(rule.source, rule.where)
         denominator_cond = src.conditions(rule.source, rule.of)
@@ -28,28 +45,18 @@ class Ratio(RuleKind):
                 func.sum(case((numerator_cond, 1), else_=0)).label("matching"),
                 func.count().label("total"),
             )
-            .where(denominator_cond, src.window(rule.source, ctx.window_start(rule), ctx.now))
+            .where(denominator_cond, src.window(rule.source, moments.ago(rule.window), moments.now))
             .group_by(*groups)
             .subquery()
         )
         ratio = cast(counted.c.matching, Float) / counted.c.total
-        stmt = select(counted, ratio.label("value")).where(
+        return select(counted, ratio.label("value")).where(
             counted.c.total >= rule.min_total, compare(ratio, rule.ratio)
         )
-        return [
-            Finding(
-                group=group_of(rule.group_by, row),
-                value=round(float(row.value), 4),
-                threshold=str(rule.ratio),
-                details={"matching": int(row.matching), "total": int(row.total)},
-            )
-            for row in ctx.conn.execute(stmt)
-        ]
 
     def sample(self, rule: RatioRule, ctx: EvalContext, findings: list[Finding]) -> None:
+        if not findings:
+            return
         # The evidence is the numerator's rows: matching `where` among the denominator's.
-        conditions = and_(
-            ctx.src.conditions(rule.source, rule.where + rule.of),
-            ctx.src.window(rule.source, ctx.window_start(rule), ctx.now),
-        )
-        sample_rows(ctx, rule.source, rule.group_by, conditions, findings)
+        conditions = window_conditions(ctx, rule, "where and of", rule.where + rule.of, rule.window, timedelta(0))
+        sample_rows(ctx, rule.source, rule.group_by, conditions.built, findings, params=ctx.params(conditions))

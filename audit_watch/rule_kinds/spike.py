@@ -9,21 +9,53 @@ least ``min_reference`` and ``current <= reference / factor``.
 
 from __future__ import annotations
 
-from sqlalchemy import Float, and_, case, cast, false, func, or_, select
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import Float, Select, and_, case, cast, false, func, or_, select
 
 from audit_watch.alert import Finding
-from audit_watch.rule_kinds.base import EvalContext, RuleKind, group_columns, group_of
+from audit_watch.rule_kinds.base import EvalContext, Moments, RuleKind, group_columns, group_of
 from audit_watch.rule_model import format_number, SpikeRule
+from audit_watch.source import AuditSource
 
 
 class Spike(RuleKind):
     name = "spike"
 
     def find(self, rule: SpikeRule, ctx: EvalContext) -> list[Finding]:
-        src = ctx.src
-        now = ctx.now
-        window_start = now - rule.window
-        reference_start = window_start - rule.reference_span
+        stmt = ctx.prepared(rule, (self.name, "find"), lambda moments: self.statement(rule, ctx.src, moments))
+        window_s = rule.window.total_seconds()
+        reference_s = rule.reference_span.total_seconds()
+        findings = []
+        for row in ctx.execute(stmt):
+            baseline = float(row.reference) * window_s / reference_s
+            is_up = bool(row.is_up)
+            threshold = (
+                f">= {format_number(max(rule.factor * baseline, rule.min_current))}"
+                if is_up
+                else f"<= {format_number(baseline / rule.factor)}"
+            )
+            findings.append(
+                Finding(
+                    group=group_of(rule.group_by, row),
+                    value=int(row.current),
+                    threshold=threshold,
+                    baseline=round(baseline, 3),
+                    details={
+                        "direction": "up" if is_up else "down",
+                        "reference_count": int(row.reference),
+                        "reference_span_seconds": int(rule.reference_span.total_seconds()),
+                        "factor": rule.factor,
+                    },
+                )
+            )
+        return findings
+
+    def statement(self, rule: SpikeRule, src: AuditSource, moments: Moments) -> Select[Any]:
+        now = moments.now
+        window_start = moments.ago(rule.window)
+        reference_start = moments.ago(rule.window + rule.reference_span)
         time = src.time_column(rule.source)
         groups = group_columns(src, rule.source, rule.group_by)
         counted = (
@@ -49,31 +81,7 @@ class Spike(RuleKind):
             current * rule.factor * reference_s <= reference_w,
         )
         fires = {"up": up, "down": down, "both": or_(up, down)}.get(rule.direction, false())
-        stmt = select(counted, up.label("is_up")).where(fires)
-        findings = []
-        for row in ctx.conn.execute(stmt):
-            baseline = float(row.reference) * window_s / reference_s
-            is_up = bool(row.is_up)
-            threshold = (
-                f">= {format_number(max(rule.factor * baseline, rule.min_current))}"
-                if is_up
-                else f"<= {format_number(baseline / rule.factor)}"
-            )
-            findings.append(
-                Finding(
-                    group=group_of(rule.group_by, row),
-                    value=int(row.current),
-                    threshold=threshold,
-                    baseline=round(baseline, 3),
-                    details={
-                        "direction": "up" if is_up else "down",
-                        "reference_count": int(row.reference),
-                        "reference_span_seconds": int(rule.reference_span.total_seconds()),
-                        "factor": rule.factor,
-                    },
-                )
-            )
-        return findings
+        return select(counted, up.label("is_up")).where(fires)
 
-    def list_range(self, rule: SpikeRule, now):  # type: ignore[override]
+    def list_range(self, rule: SpikeRule, now: datetime) -> tuple[datetime, datetime]:
         return now - rule.window - rule.reference_span, now
