@@ -46,6 +46,19 @@ def _checked_timezone(value: str) -> str:
     return value
 
 
+def check_channel_names(value: tuple[str, ...], info: ValidationInfo, field_name: str) -> tuple[str, ...]:
+    """Channel names against the config's channels (passed as validation context)."""
+    channels = (info.context or {}).get("channels")
+    if channels is not None:
+        for index, name in enumerate(value):
+            if name not in channels:
+                known = ", ".join(sorted(channels)) or "none are configured"
+                raise PydanticCustomError(
+                    field_name, f"unknown channel {name!r} (channels: {known})", {"subpath": [index]}
+                )
+    return value
+
+
 # Types for schedules and time zones, shared by rules and report definitions.
 CronExpression = Annotated[str, AfterValidator(check_cron_expression)]
 TimeZoneName = Annotated[str, AfterValidator(_checked_timezone)]
@@ -199,15 +212,7 @@ class RuleBase(BaseModel):
     @field_validator("notify")
     @classmethod
     def _check_channels(cls, value: tuple[str, ...], info: ValidationInfo) -> tuple[str, ...]:
-        channels = (info.context or {}).get("channels")
-        if channels is not None:
-            for index, name in enumerate(value):
-                if name not in channels:
-                    known = ", ".join(sorted(channels)) or "none are configured"
-                    raise PydanticCustomError(
-                        "notify", f"unknown channel {name!r} (channels: {known})", {"subpath": [index]}
-                    )
-        return value
+        return check_channel_names(value, info, "notify")
 
     @model_validator(mode="after")
     def _every_or_schedule(self) -> "RuleBase":

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import statistics
 import sys
 import time
@@ -27,6 +26,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from hand_sql import HAND_SQL, load_crons  # noqa: E402
+from machine import machine  # noqa: E402
 
 from audit_watch.evaluate import evaluate_rule  # noqa: E402
 from audit_watch.rule_kinds import KINDS, EvalContext  # noqa: E402
@@ -56,24 +56,6 @@ def seeded_scale(url: str) -> float | None:
         return None
     finally:
         engine.dispose()
-
-
-def machine() -> str:
-    cpu = "unknown CPU"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    mem = ""
-    try:
-        kb = int(Path("/proc/meminfo").read_text().split()[1])
-        mem = f", {kb / 1024 / 1024:.0f} GiB RAM"
-    except (OSError, ValueError, IndexError):
-        pass
-    return f"{cpu}, {os.cpu_count()} cores{mem}; {platform.system()} {platform.release()}; Python {platform.python_version()}"
 
 
 def main() -> int:

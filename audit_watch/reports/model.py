@@ -26,7 +26,7 @@ from pydantic_core import PydanticCustomError
 from audit_watch.durations import Duration
 from audit_watch.reports.periods import check_period_spec
 from audit_watch.reports.scope import Scope
-from audit_watch.rule_model import CronExpression, TimeZoneName
+from audit_watch.rule_model import CronExpression, TimeZoneName, check_channel_names
 
 REPORT_NAMES = ("weekly-digest", "compliance", "token-usage", "triage")
 WEEKDAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
@@ -88,15 +88,7 @@ class ReportDefinitionBase(_Strict):
     @field_validator("channels")
     @classmethod
     def _check_channels(cls, value: tuple[str, ...], info: ValidationInfo) -> tuple[str, ...]:
-        channels = (info.context or {}).get("channels")
-        if channels is not None:
-            for index, name in enumerate(value):
-                if name not in channels:
-                    known = ", ".join(sorted(channels)) or "none are configured"
-                    raise PydanticCustomError(
-                        "channels", f"unknown channel {name!r} (channels: {known})", {"subpath": [index]}
-                    )
-        return value
+        return check_channel_names(value, info, "channels")
 
 
 class WeeklyDigestDefinition(ReportDefinitionBase):
