@@ -11,7 +11,7 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any, TypeVar
 
-from audit_watch.yaml_source import LocatedDocument, Path_, Problem
+from audit_watch.yaml_source import InputError, LocatedDocument, Path_, Problem, load_yaml
 
 YAML_SUFFIXES = (".yaml", ".yml")
 TEST_SUFFIXES = (".test.yaml", ".test.yml")
@@ -85,3 +85,28 @@ def unique_by_name(
         first[key] = item
         kept.append(item)
     return kept, problems
+
+
+def load_definitions(
+    paths: Iterable[str | Path],
+    key: str,
+    parse: Callable[[LocatedDocument], tuple[list[Item], list[Problem]]],
+    name: Callable[[Item], str],
+    where: Callable[[Item], tuple[str, int]],
+    what: str,
+) -> tuple[list[Item], list[Problem]]:
+    """Every item of every file under ``paths``: the good ones, and every problem
+    (a broken file or item never hides the others; duplicate names keep the first)."""
+    files, problems = yaml_files(paths, key)
+    loaded: list[Item] = []
+    for file in files:
+        try:
+            doc = load_yaml(file)
+        except InputError as exc:
+            problems.extend(exc.problems)
+            continue
+        items, file_problems = parse(doc)
+        loaded.extend(items)
+        problems.extend(file_problems)
+    kept, duplicates = unique_by_name(loaded, name, where, what)
+    return kept, problems + duplicates

@@ -14,9 +14,9 @@ from typing import Any
 from pydantic import TypeAdapter, ValidationError
 
 from audit_watch.config import problems_from_validation
-from audit_watch.definition_files import document_entries, unique_by_name, yaml_files
+from audit_watch.definition_files import document_entries, load_definitions, yaml_files
 from audit_watch.rule_model import Rule, RuleBase
-from audit_watch.yaml_source import InputError, LocatedDocument, Problem, interpolate_env, load_yaml
+from audit_watch.yaml_source import InputError, LocatedDocument, Problem, interpolate_env
 
 RULE_ADAPTER: TypeAdapter[Any] = TypeAdapter(Rule)
 
@@ -57,19 +57,11 @@ def parse_rule_document(
 
 def load_rules(paths: Iterable[str | Path], context: Mapping[str, Any] | None = None) -> RuleSet:
     """Load every rule file under ``paths``; duplicate names are problems (the first wins)."""
-    files, problems = yaml_files(paths, "rules")
-    loaded: list[LoadedRule] = []
-    for file in files:
-        try:
-            doc = load_yaml(file)
-        except InputError as exc:
-            problems.extend(exc.problems)
-            continue
-        file_rules, file_problems = parse_rule_document(doc, context)
-        loaded.extend(file_rules)
-        problems.extend(file_problems)
-    rules, duplicates = unique_by_name(loaded, lambda r: r.rule.name, lambda r: (r.file, r.line), "rule")
-    return RuleSet(rules, problems + duplicates)
+    rules, problems = load_definitions(
+        paths, "rules", lambda doc: parse_rule_document(doc, context),
+        lambda r: r.rule.name, lambda r: (r.file, r.line), "rule",
+    )
+    return RuleSet(rules, problems)
 
 
 def load_rule_file(path: str | Path, context: Mapping[str, Any] | None = None) -> list[RuleBase]:

@@ -15,9 +15,9 @@ from typing import Any
 from pydantic import ValidationError
 
 from audit_watch.config import problems_from_validation
-from audit_watch.definition_files import document_entries, unique_by_name, yaml_files
+from audit_watch.definition_files import document_entries, load_definitions
 from audit_watch.reports.model import DEFINITION_MODELS, REPORT_NAMES, ReportDefinitionBase, default_definition
-from audit_watch.yaml_source import InputError, LocatedDocument, Problem, interpolate_env, load_yaml
+from audit_watch.yaml_source import InputError, LocatedDocument, Problem, interpolate_env
 
 
 
@@ -36,19 +36,10 @@ def report_definitions(
     ``channels`` (the config's) lets unknown channel names be reported; without it
     they are not checked. Duplicate names are problems (the first one wins).
     """
-    files, problems = yaml_files(paths, "reports")
-    loaded: list[LoadedReport] = []
-    for file in files:
-        try:
-            doc = load_yaml(file)
-        except InputError as exc:
-            problems.extend(exc.problems)
-            continue
-        file_reports, file_problems = parse_report_document(doc, channels)
-        loaded.extend(file_reports)
-        problems.extend(file_problems)
-    reports, duplicates = unique_by_name(loaded, lambda r: r.definition.name, lambda r: (r.file, r.line), "report")
-    return reports, problems + duplicates
+    return load_definitions(
+        paths, "reports", lambda doc: parse_report_document(doc, channels),
+        lambda r: r.definition.name, lambda r: (r.file, r.line), "report",
+    )
 
 
 def parse_report_document(
