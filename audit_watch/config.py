@@ -15,7 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, V
 from pydantic_core import PydanticCustomError
 
 from audit_watch.durations import Duration
-from audit_watch.rule_model import check_timezone
+from audit_watch.rule_model import TimeZoneName
 from audit_watch.yaml_source import InputError, LocatedDocument, Problem, interpolate_env, load_yaml
 
 DEFAULT_CONFIG_NAME = "audit-watch.yaml"
@@ -181,19 +181,13 @@ class Config(_Strict):
     rules: tuple[str, ...] = ("rules/",)
     templates: tuple[str, ...] = ()
     reports: tuple[str, ...] = ("reports/",)   # report definitions: files or folders
-    timezone: str = "UTC"
+    timezone: TimeZoneName = "UTC"
     channels: dict[str, Channel] = Field(default_factory=dict)
     daemon: DaemonConfig = Field(default_factory=DaemonConfig)
     delivery: DeliveryConfig = Field(default_factory=DeliveryConfig)
     # The folder relative paths in this file are resolved against.
     base_dir: Path = Field(default_factory=Path.cwd, exclude=True)
     file: str | None = Field(default=None, exclude=True)
-
-    @field_validator("timezone")
-    @classmethod
-    def _check_timezone(cls, value: str) -> str:
-        check_timezone(value)
-        return value
 
     @field_validator("daemon")
     @classmethod

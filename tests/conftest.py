@@ -9,15 +9,12 @@ server the PostgreSQL half is skipped loudly, unless ``CI`` is set: then it fail
 
 from __future__ import annotations
 
-import os
-import uuid
 from collections.abc import Callable, Iterator, Mapping
 from datetime import datetime, timezone
 from typing import Any
 
 import pytest
-from sqlalchemy import create_engine, delete, text
-from sqlalchemy.engine import make_url
+from sqlalchemy import delete
 
 from audit_watch.alert import Alert
 from audit_watch.config import LinksConfig
@@ -30,27 +27,16 @@ from audit_watch.source import AuditSource
 # The fixed "now" of every test (no test reads the wall clock).
 NOW = datetime(2026, 11, 20, 12, 0, tzinfo=timezone.utc)
 
-PG_ADMIN_URL = os.environ.get("AUDIT_WATCH_TEST_PG", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres")
+from pg import SKIPPED, temporary_postgres  # noqa: E402  (tests/ is on sys.path)
 
 # Children before parents, so that a store with foreign keys could be cleared too.
 _CLEAR_ORDER = ("memberships", "events", "jobs", "threads", "crons", "agents", "users", "teams")
 
 
-_PG_SKIPPED: list[str] = []
-
-
-def _unreachable(reason: str) -> None:
-    message = f"PostgreSQL at {make_url(PG_ADMIN_URL).render_as_string(hide_password=True)} is not reachable: {reason}"
-    if os.environ.get("CI"):
-        pytest.fail(f"{message} (CI is set: the PostgreSQL half of the tests must run)", pytrace=False)
-    _PG_SKIPPED.append(message)
-    pytest.skip(f"!!! SKIPPING ALL POSTGRESQL TESTS !!! {message}")
-
-
 def pytest_terminal_summary(terminalreporter: Any) -> None:
-    if _PG_SKIPPED:
+    if SKIPPED:
         terminalreporter.write_sep("!", "THE POSTGRESQL HALF OF THE TESTS WAS SKIPPED", red=True, bold=True)
-        terminalreporter.write_line(_PG_SKIPPED[0], red=True)
+        terminalreporter.write_line(SKIPPED[0], red=True)
         terminalreporter.write_line("Start PostgreSQL on 127.0.0.1:5432 (user postgres, trust auth) or set "
                                     "AUDIT_WATCH_TEST_PG to an admin URL; with CI set this is a failure.")
 
@@ -58,26 +44,13 @@ def pytest_terminal_summary(terminalreporter: Any) -> None:
 @pytest.fixture(scope="session")
 def _postgres_source() -> Iterator[AuditSource]:
     """A fresh PostgreSQL database for the session, dropped afterwards."""
-    admin_url = make_url(PG_ADMIN_URL)
-    if admin_url.drivername == "postgresql":
-        admin_url = admin_url.set(drivername="postgresql+psycopg")
-    admin = create_engine(admin_url, isolation_level="AUTOCOMMIT", connect_args={"connect_timeout": 5})
-    name = f"aw_test_{uuid.uuid4().hex[:12]}"
-    try:
-        with admin.connect() as conn:
-            conn.execute(text(f'CREATE DATABASE "{name}"'))
-    except Exception as exc:  # noqa: BLE001 - any failure to reach the server
-        admin.dispose()
-        _unreachable(f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}")
-    src = AuditSource.from_url(admin_url.set(database=name).render_as_string(hide_password=False), readonly=False)
-    try:
-        create_reference_tables(src.engine, src.tables)
-        yield src
-    finally:
-        src.engine.dispose()
-        with admin.connect() as conn:
-            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
+    with temporary_postgres("aw_test") as url:
+        src = AuditSource.from_url(url, readonly=False)
+        try:
+            create_reference_tables(src.engine, src.tables)
+            yield src
+        finally:
+            src.engine.dispose()
 
 
 def _clear(src: AuditSource) -> None:

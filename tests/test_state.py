@@ -9,16 +9,12 @@ server is unreachable the PostgreSQL half is skipped loudly, or fails under CI.
 
 from __future__ import annotations
 
-import os
-import uuid
 from collections.abc import Iterator
-from contextlib import contextmanager
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
 import pytest
-from sqlalchemy import create_engine, delete, text, update
-from sqlalchemy.engine import make_url
+from sqlalchemy import delete, update
 
 from audit_watch.alert import Alert
 from audit_watch.evaluate import Evaluation
@@ -31,38 +27,11 @@ from audit_watch.state import (
 )
 
 T0 = datetime(2026, 11, 20, 12, 0, tzinfo=timezone.utc)
-PG_ADMIN_URL = os.environ.get("AUDIT_WATCH_TEST_PG", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres")
+from pg import PG_ADMIN_URL, temporary_postgres  # noqa: E402,F401  (re-exported for other test modules)
 BASE = "https://auxot.example.com"
 
 
 # --- shared fixtures and builders ---------------------------------------------------------
-
-
-def _pg_unreachable(reason: str) -> None:
-    message = f"PostgreSQL for the state tests is not reachable: {reason}"
-    if os.environ.get("CI"):
-        pytest.fail(f"{message} (CI is set: the PostgreSQL half must run)", pytrace=False)
-    pytest.skip(f"!!! SKIPPING POSTGRESQL STATE TESTS !!! {message}")
-
-
-@contextmanager
-def temporary_postgres() -> Iterator[str]:
-    """A fresh database on the test server; dropped on exit."""
-    admin_url = make_url(PG_ADMIN_URL)
-    admin = create_engine(admin_url, isolation_level="AUTOCOMMIT", connect_args={"connect_timeout": 5})
-    name = f"aw_state_{uuid.uuid4().hex[:12]}"
-    try:
-        with admin.connect() as conn:
-            conn.execute(text(f'CREATE DATABASE "{name}"'))
-    except Exception as exc:  # noqa: BLE001 - any failure to reach the server
-        admin.dispose()
-        _pg_unreachable(f"{type(exc).__name__}: {str(exc).strip()[:200]}")
-    try:
-        yield admin_url.set(database=name).render_as_string(hide_password=False)
-    finally:
-        with admin.connect() as conn:
-            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
 
 
 @pytest.fixture(scope="module", params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
@@ -70,7 +39,7 @@ def state_url(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathF
     if request.param == "sqlite":
         yield f"sqlite:///{tmp_path_factory.mktemp('state') / 'state.db'}"
         return
-    with temporary_postgres() as url:
+    with temporary_postgres("aw_state") as url:
         yield url
 
 
