@@ -277,9 +277,10 @@ def test_rules(settings: Settings, files: tuple[str, ...]) -> None:
 def run(settings: Settings, once: bool, now: datetime | None, log_format: str, listen: str | None) -> None:
     """The daemon: evaluates rules on their schedules and delivers notifications."""
     from audit_watch import daemon
+    from audit_watch.once import run_once
 
     if once:
-        sys.exit(daemon.run_once(settings.config_path, settings.source_url, now))
+        sys.exit(run_once(settings.config_path, settings.source_url, now))
     if now is not None:
         raise click.BadParameter("--now only goes with --once", param_hint="--now")
     sys.exit(daemon.run_daemon(settings.config_path, settings.source_url, log_format, listen, settings.log_level))

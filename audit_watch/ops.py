@@ -37,8 +37,9 @@ from audit_watch.channels.base import Notification, short_error
 from audit_watch.config import Config, HeartbeatConfig
 from audit_watch.outbox import STATUSES
 from audit_watch.pipeline import DeliverySummary
+from audit_watch.schedules import latest_tick, tick_gap
 from audit_watch.state import StateStore, alert_states, outbox
-from audit_watch.tick import ELSEWHERE, TickContext, TickOutcome, latest_tick, tick_gap
+from audit_watch.tick import ELSEWHERE, TickContext, TickOutcome
 
 log = logging.getLogger(__name__)
 

@@ -4,7 +4,6 @@
   notifications they cause, all in ONE transaction: either both the state change
   and its notifications are stored, or neither.
 * :func:`deliver_due` sends what is due from the outbox and records each result.
-* :func:`run_once` does both (``audit-watch run --once``, ``demo``).
 * :func:`alerts_table` and :func:`outbox_table` feed ``audit-watch alerts [--outbox]``.
 
 Time is always the ``now`` argument: the caller reads the clock once per tick.
@@ -271,14 +270,6 @@ def _send(name: str, items: list[Any], config: Config, overrides: Mapping[str, C
     return results
 
 
-def run_once(
-    evaluations: Iterable[Evaluation], config: Config, state: StateStore, now: datetime, **options: Any
-) -> tuple[ProcessSummary, DeliverySummary]:
-    """``run --once``: process the evaluations, then deliver what is due."""
-    processed = process(evaluations, config, state, now)
-    return processed, deliver_due(config, state, now, **options)
-
-
 def alerts_table(state: StateStore, include_resolved: bool = True) -> list[AlertRow]:
     """Current alert states, firing first, then pending, then resolved."""
     order = {"firing": 0, "pending": 1, "resolved": 2}
@@ -309,5 +300,5 @@ def outbox_summary(state: StateStore) -> dict[str, int]:
 
 __all__ = [
     "AlertRow", "DeliveryPolicy", "DeliverySummary", "Outcome", "ProcessSummary", "alerts_table", "deliver_due",
-    "outbox_summary", "outbox_table", "process", "run_once",
+    "outbox_summary", "outbox_table", "process",
 ]

@@ -29,7 +29,8 @@ from sqlalchemy import create_engine, select, text
 
 from audit_watch import ledger
 from audit_watch.config import Config, SourceConfig
-from audit_watch.daemon import Daemon, run_once
+from audit_watch.daemon import Daemon
+from audit_watch.once import run_once
 from audit_watch.freshness import FRESHNESS_RULE, FreshnessWatch, fires_on_silence, update_freshness_alert
 from audit_watch.render import Renderer
 from audit_watch.row_builder import insert_rows
@@ -37,9 +38,9 @@ from audit_watch.rule_loader import RULE_ADAPTER
 from audit_watch.schema import create_reference_tables
 from audit_watch.source import AuditSource
 from audit_watch.state import StateStore, outbox
-from audit_watch.tick import (
-    ELSEWHERE, TickContext, TickPoolExecutor, latest_tick, run_rule_tick, scheduled_time, watch_snapshot,
-)
+from audit_watch.runtime import watch_snapshot
+from audit_watch.schedules import TickPoolExecutor, latest_tick, scheduled_time
+from audit_watch.tick import ELSEWHERE, TickContext, run_rule_tick
 from fake_slack import FakeSlack
 from smtp_server import SmtpServer, free_port
 from test_ledger import state  # noqa: F401 - state with the ledger tables, both backends

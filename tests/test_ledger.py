@@ -12,9 +12,8 @@ from sqlalchemy import delete, insert, select
 from audit_watch import ledger
 from audit_watch.rule_loader import RULE_ADAPTER
 from audit_watch.state import StateStore, metadata, outbox, schema_version
-from audit_watch.tick import (
-    ANCHOR, CronScheduleTrigger, interval_trigger, latest_tick, orphan_action, rule_trigger, tick_gap,
-)
+from audit_watch.schedules import ANCHOR, CronScheduleTrigger, interval_trigger, latest_tick, rule_trigger, tick_gap
+from audit_watch.tick import orphan_action
 from test_state import T0, state_url  # noqa: F401 - the module-scoped backend fixture
 
 S = timedelta(seconds=1)

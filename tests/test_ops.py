@@ -23,8 +23,9 @@ from audit_watch.evaluate import Evaluation
 from audit_watch.logs import configure_logging
 from audit_watch.ops import Health, Metrics, OpsServer, StateCollector, heartbeat_tick, ops_app, send_heartbeat
 from audit_watch.render import Renderer
+from audit_watch.schedules import interval_trigger, rule_trigger
 from audit_watch.state import StateStore
-from audit_watch.tick import TickContext, TickOutcome, interval_trigger, rule_trigger
+from audit_watch.tick import TickContext, TickOutcome
 from test_ledger import state  # noqa: F401 - state with the ledger tables, both backends
 from test_state import T0, make_rule, state_url  # noqa: F401
 

@@ -14,7 +14,7 @@ import pytest
 from audit_watch import silences
 from audit_watch.config import Config
 from audit_watch.evaluate import evaluate_rule
-from audit_watch.pipeline import alerts_table, deliver_due, outbox_summary, outbox_table, process, run_once
+from audit_watch.pipeline import alerts_table, deliver_due, outbox_summary, outbox_table, process
 from audit_watch.row_builder import insert_rows
 from audit_watch.rule_loader import RULE_ADAPTER
 from audit_watch.schema import create_reference_tables
@@ -178,7 +178,8 @@ def test_real_rules_on_an_sqlite_store_to_the_file_channel(state: StateStore, tm
     evaluated = evaluate_rule(rule, src, T0, config.links)
     src.engine.dispose()
     assert evaluated.ok and len(evaluated.alerts) == 1
-    processed, delivered = run_once([evaluated], config, state, T0)
+    processed = process([evaluated], config, state, T0)
+    delivered = deliver_due(config, state, T0)
     assert len(processed.notifications) == 1 and delivered.delivered == 1
     stem = f"20261120T120000Z-{processed.notifications[0]:08d}-failed-jobs-firing"
     document = json.loads((tmp_path / "outbox" / f"{stem}.json").read_text())

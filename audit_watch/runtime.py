@@ -1,0 +1,99 @@
+"""One loaded configuration: config, rules and their triggers, and what a tick
+runs with. The daemon loads one at start and a new one on every reload; a reload
+that finds any problem keeps the previous one."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from apscheduler.triggers.base import BaseTrigger
+
+from audit_watch.channels.base import short_error
+from audit_watch.config import Config, read_config
+from audit_watch.outbox import DeliveryPolicy
+from audit_watch.render import Renderer
+from audit_watch.rule_loader import load_rules, rule_files
+from audit_watch.rule_model import RuleBase
+from audit_watch.schedules import rule_trigger
+from audit_watch.source import AuditSource
+from audit_watch.state import StateStore
+from audit_watch.tick import TickContext
+from audit_watch.yaml_source import Problem
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Runtime:
+    """A loaded config and rule set: what every tick runs with until the next reload."""
+
+    config: Config
+    rules: dict[str, RuleBase]          # enabled rules by name
+    triggers: dict[str, BaseTrigger]
+    ctx: TickContext
+
+    def trigger_key(self, name: str) -> tuple[Any, ...]:
+        rule = self.rules[name]
+        return (rule.every, rule.schedule, rule.timezone or self.config.timezone)
+
+    def needs_restart(self, before: "Runtime") -> list[str]:
+        """Settings that changed but that a reload cannot apply to a running process."""
+        def keys(r: Runtime) -> dict[str, Any]:
+            return {"state.url": r.config.state.url, "daemon.listen": r.config.daemon.listen,
+                    "daemon.workers": r.config.daemon.workers}
+        return [key for key, value in keys(self).items() if keys(before)[key] != value]
+
+
+def load_runtime(config_path: str | None, source_url: str | None, state: StateStore, replica: str,
+                 clock: Callable[[], datetime], hold: Callable[[RuleBase], bool] | None,
+                 previous: Runtime | None = None) -> tuple[Runtime | None, list[Problem]]:
+    """Load config and rules. At start, broken rule files are problems beside the good
+    rules; on a reload (``previous`` given) any problem refuses the whole reload."""
+    config, problems = read_config(config_path)
+    if config is None or problems:
+        return None, problems
+    rule_set = load_rules(config.rule_paths, {"channels": config.channels})
+    if rule_set.problems and previous is not None:
+        return None, rule_set.problems
+    rules = {item.rule.name: item.rule for item in rule_set.rules if item.rule.enabled}
+    triggers = {name: rule_trigger(rule, config.timezone) for name, rule in rules.items()}
+    if previous is not None and previous.config.source == config.source:
+        src = previous.ctx.src
+    else:
+        src = AuditSource.from_config(config.source, source_url)
+        log_disconnects(src.engine, "audit store")
+    ctx = TickContext(config, src, state, Renderer(config.template_paths, config.timezone), replica, clock,
+                      policy=DeliveryPolicy.from_config(config.delivery), hold=hold)
+    return Runtime(config, rules, triggers, ctx), rule_set.problems
+
+
+def watch_snapshot(config: Config) -> tuple[tuple[str, int, int], ...]:
+    """What a reload depends on: the config file and every rule file (name, mtime, size)."""
+    files, _ = rule_files(config.rule_paths)
+    if config.file:
+        files.append(Path(config.file))
+    found = []
+    for path in sorted(set(files)):
+        try:
+            stat = path.stat()
+            found.append((str(path), stat.st_mtime_ns, stat.st_size))
+        except OSError:
+            found.append((str(path), -1, -1))
+    return tuple(found)
+
+
+def log_disconnects(engine: Any, what: str) -> None:
+    """Say so when a database connection is lost; pool pre-ping reconnects on its own."""
+    from sqlalchemy import event
+
+    @event.listens_for(engine, "handle_error")
+    def _lost(context: Any) -> None:
+        if context.is_disconnect:
+            how = "found dead before use" if getattr(context, "is_pre_ping", False) else "lost during a query"
+            log.warning("connection to the %s %s (reconnecting): %s", what, how,
+                        short_error(context.original_exception))
