@@ -36,6 +36,7 @@ from audit_watch.config import read_config
 from audit_watch.freshness import FreshnessWatch, check_every, freshness_tick
 from audit_watch.logs import configure_logging
 from audit_watch.ops import Health, Metrics, OpsServer, heartbeat_tick, ops_app
+from audit_watch.report_jobs import run_report_tick
 from audit_watch.state import StateStore
 from audit_watch.runtime import Runtime, load_runtime, log_disconnects, watch_snapshot
 from audit_watch.schedules import TickPoolExecutor, interval_trigger, latest_tick, scheduled_time
@@ -126,9 +127,10 @@ class Daemon:
         self.scheduler.start()
         self.health.scheduler_running = True
         self.metrics.scheduler_running.set(1)
-        self._catch_up(runtime, list(runtime.rules))
+        self._catch_up(runtime, list(runtime.rules), list(runtime.reports))
         self._snapshot = watch_snapshot(runtime.config)
-        log.info("audit-watch running as replica %s: %d rules", self.replica, len(runtime.rules))
+        log.info("audit-watch running as replica %s: %d rules, %d scheduled reports", self.replica,
+                 len(runtime.rules), len(runtime.reports))
         return None
 
     def _build_scheduler(self, runtime: Runtime) -> BackgroundScheduler:
@@ -140,6 +142,8 @@ class Daemon:
         self.scheduler = scheduler
         for name in runtime.rules:
             self._schedule_rule(runtime, name)
+        for name in runtime.reports:
+            self._schedule_report(runtime, name)
         self._schedule_builtins(runtime)
         self.health.set_rules(runtime.triggers)
         self.metrics.rules.set(len(runtime.rules))
@@ -153,6 +157,12 @@ class Daemon:
         assert self.scheduler is not None
         self.scheduler.add_job(self._rule_job, runtime.triggers[name], args=[name], id=f"rule:{name}", name=name,
                                misfire_grace_time=None, replace_existing=True)
+
+    def _schedule_report(self, runtime: Runtime, name: str) -> None:
+        # A report that starts late still reports on the period of its own tick.
+        assert self.scheduler is not None
+        self.scheduler.add_job(self._report_job, runtime.report_triggers[name], args=[name], id=ledger.report_job(name),
+                               name=ledger.report_job(name), misfire_grace_time=None, replace_existing=True)
 
     def _schedule_builtins(self, runtime: Runtime) -> None:
         assert self.scheduler is not None
@@ -173,13 +183,18 @@ class Daemon:
             self.scheduler.add_job(func, trigger, id=job_id, name=job_id, executor="internal", replace_existing=True,
                                    misfire_grace_time=max(1, int(every.total_seconds())))
 
-    def _catch_up(self, runtime: Runtime, names: list[str]) -> None:
+    def _catch_up(self, runtime: Runtime, names: list[str], reports: list[str]) -> None:
         """Each rule's latest tick at once, if no replica has it yet: after downtime
-        that is one evaluation per rule, not one per missed tick."""
+        that is one evaluation per rule, not one per missed tick. A report's latest
+        tick too, while it is at most ``catch_up`` old."""
         now = self.clock()
         assert self.one_offs is not None
         for name in names:
             self.one_offs.submit(self._rule_job, name, latest_tick(runtime.triggers[name], now))
+        for name in reports:
+            tick = latest_tick(runtime.report_triggers[name], now)
+            if now - tick <= runtime.reports[name].catch_up:
+                self.one_offs.submit(self._report_job, name, tick)
 
     # --- jobs ---------------------------------------------------------------------------
 
@@ -220,6 +235,28 @@ class Daemon:
             if outcome.queued:
                 self._delivery_due.set()
 
+    def _report_job(self, name: str, tick: datetime | None = None, claimed: bool = False) -> None:
+        runtime = self.runtime
+        if self.stop_requested.is_set() or runtime is None or name not in runtime.reports:
+            return
+        assert self.evaluating is not None
+        with self._running(), self.evaluating:
+            if self.stop_requested.is_set():
+                return
+            tick = tick or scheduled_time() or latest_tick(runtime.report_triggers[name], self.clock())
+            try:
+                outcome = run_report_tick(runtime.ctx, runtime.reports[name], tick, claimed=claimed,
+                                          stopped=self.stop_requested.wait)
+            except Exception as exc:  # noqa: BLE001 - the state database: the claim is reaped or retried
+                log.error("report %s at %s cannot be recorded (state database): %s", name, tick.isoformat(),
+                          short_error(exc), extra={"report": name})
+                self.metrics.report_runs.labels(name, "failed").inc()
+                return
+            self.metrics.report_runs.labels(name, outcome.status).inc()
+            if outcome.queued:
+                self.metrics.queued.inc(len(outcome.queued))
+                self._delivery_due.set()
+
     def _delivery_loop(self) -> None:
         """One delivery pass at a time per replica: at once when a tick queued
         notifications, else every few seconds (retries, rows released by a reaping).
@@ -253,7 +290,11 @@ class Daemon:
                 if reaped is None:
                     continue
                 for job, tick in settle_orphans(runtime.ctx, runtime, reaped, now):
-                    self.one_offs.submit(self._rule_job, job, tick, True)  # type: ignore[union-attr]
+                    report = ledger.report_name(job)
+                    if report is not None:
+                        self.one_offs.submit(self._report_job, report, tick, True)  # type: ignore[union-attr]
+                    else:
+                        self.one_offs.submit(self._rule_job, job, tick, True)  # type: ignore[union-attr]
                 if reaped.released_outbox:
                     self._delivery_due.set()
         except Exception as exc:  # noqa: BLE001 - tried again in two seconds
@@ -351,8 +392,15 @@ class Daemon:
         changed = [n for n in new.rules if n in old.rules and new.trigger_key(n) != old.trigger_key(n)]
         for name in added + changed:
             self._schedule_rule(new, name)
+        for name in old.reports:
+            if name not in new.reports:
+                self.scheduler.remove_job(ledger.report_job(name))
+        new_reports = [n for n in new.reports if n not in old.reports]
+        for name in new.reports:
+            if name in new_reports or new.report_trigger_key(name) != old.report_trigger_key(name):
+                self._schedule_report(new, name)
         self._schedule_builtins(new)
-        self._catch_up(new, added)
+        self._catch_up(new, added, new_reports)
         self.health.set_rules(new.triggers)
         self.metrics.rules.set(len(new.rules))
         self.metrics.rule_problems.set(0)

@@ -93,11 +93,24 @@ delivery_runs = Table(
 _SCHEMA_LOCK = 0x61775F6C  # "aw_l": serialises CREATE TABLE between replicas starting together
 
 
+REPORT_JOB_PREFIX = "report:"   # no rule name starts with it (rule_model)
+
+
 def ensure_ledger_schema(state: StateStore) -> None:
     with state.write() as conn:
         if conn.dialect.name == "postgresql":
             conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _SCHEMA_LOCK})
         ledger_metadata.create_all(conn)
+
+
+def report_job(name: str) -> str:
+    """The ledger's job name for a scheduled report's runs (a rule's is its name)."""
+    return REPORT_JOB_PREFIX + name
+
+
+def report_name(job: str) -> str | None:
+    """The report a job name stands for; None for a rule."""
+    return job[len(REPORT_JOB_PREFIX):] if job.startswith(REPORT_JOB_PREFIX) else None
 
 
 def new_replica_id() -> str:
@@ -128,12 +141,18 @@ def finish(state: StateStore, job: str, tick: datetime, replica: str, status: st
     """Record the outcome; False when the claim was taken over meanwhile (we were
     presumed dead), in which case nothing is written."""
     with state.write() as conn:
-        return conn.execute(
-            update(run_ledger)
-            .where(run_ledger.c.job == job, run_ledger.c.scheduled_for == tick, run_ledger.c.replica == replica,
-                   run_ledger.c.status == CLAIMED)
-            .values(status=status, finished_at=now, seconds=seconds, alerts=alerts, error=error)
-        ).rowcount == 1
+        return finish_in(conn, job, tick, replica, status, now, seconds=seconds, alerts=alerts, error=error)
+
+
+def finish_in(conn: Connection, job: str, tick: datetime, replica: str, status: str, now: datetime, *,
+              seconds: float | None = None, alerts: int | None = None, error: str | None = None) -> bool:
+    """:func:`finish` inside the caller's transaction (with the writes the outcome stands for)."""
+    return conn.execute(
+        update(run_ledger)
+        .where(run_ledger.c.job == job, run_ledger.c.scheduled_for == tick, run_ledger.c.replica == replica,
+               run_ledger.c.status == CLAIMED)
+        .values(status=status, finished_at=now, seconds=seconds, alerts=alerts, error=error)
+    ).rowcount == 1
 
 
 def is_claimed(state: StateStore, job: str, tick: datetime) -> bool:

@@ -72,6 +72,9 @@ class Metrics:
                              "had it), held, late (started after a newer tick was due: evaluated that one), busy "
                              "(skipped: the previous run still going), failed (state database).",
                              ["outcome"], registry=registry)
+        self.report_runs = Counter("audit_watch_report_runs", "Scheduled report runs by result: ok (queued to its "
+                                   "channels), error, elsewhere (another replica had it), failed (state database).",
+                                   ["report", "result"], registry=registry)
         self.queued = Counter("audit_watch_notifications_queued", "Notifications written to the outbox.",
                               registry=registry)
         self.deliveries = Counter("audit_watch_deliveries", "Delivery attempts by channel and result "

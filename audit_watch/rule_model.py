@@ -172,6 +172,14 @@ class RuleBase(BaseModel):
     labels: dict[str, str] = Field(default_factory=dict)
     enabled: bool = True
 
+    @field_validator("name")
+    @classmethod
+    def _not_a_report_job(cls, value: str) -> str:
+        # The run ledger names a scheduled report's runs "report:NAME".
+        if value.startswith("report:"):
+            raise ValueError("a rule name cannot start with 'report:'")
+        return value
+
     @field_validator("where", mode="before")
     @classmethod
     def _parse_where(cls, raw: Any, info: ValidationInfo) -> tuple[Condition, ...]:

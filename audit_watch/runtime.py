@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -15,11 +15,15 @@ from apscheduler.triggers.base import BaseTrigger
 
 from audit_watch.channels.base import short_error
 from audit_watch.config import Config, read_config
+from audit_watch.definition_files import yaml_files
 from audit_watch.outbox import DeliveryPolicy
 from audit_watch.render import Renderer
+from audit_watch.report_jobs import report_trigger, scheduled_reports
+from audit_watch.reports.loader import report_definitions
+from audit_watch.reports.model import ReportDefinitionBase
 from audit_watch.rule_loader import load_rules, rule_files
 from audit_watch.rule_model import RuleBase
-from audit_watch.schedules import rule_trigger
+from audit_watch.schedules import CronScheduleTrigger, rule_trigger
 from audit_watch.source import AuditSource
 from audit_watch.state import StateStore
 from audit_watch.tick import TickContext
@@ -36,10 +40,16 @@ class Runtime:
     rules: dict[str, RuleBase]          # enabled rules by name
     triggers: dict[str, BaseTrigger]
     ctx: TickContext
+    reports: dict[str, ReportDefinitionBase] = field(default_factory=dict)   # scheduled reports by name
+    report_triggers: dict[str, CronScheduleTrigger] = field(default_factory=dict)
 
     def trigger_key(self, name: str) -> tuple[Any, ...]:
         rule = self.rules[name]
         return (rule.every, rule.schedule, rule.timezone or self.config.timezone)
+
+    def report_trigger_key(self, name: str) -> tuple[Any, ...]:
+        report = self.reports[name]
+        return (report.schedule, report.timezone or self.config.timezone)
 
     def needs_restart(self, before: "Runtime") -> list[str]:
         """Settings that changed but that a reload cannot apply to a running process."""
@@ -52,16 +62,21 @@ class Runtime:
 def load_runtime(config_path: str | None, source_url: str | None, state: StateStore, replica: str,
                  clock: Callable[[], datetime], hold: Callable[[RuleBase], bool] | None,
                  previous: Runtime | None = None) -> tuple[Runtime | None, list[Problem]]:
-    """Load config and rules. At start, broken rule files are problems beside the good
-    rules; on a reload (``previous`` given) any problem refuses the whole reload."""
+    """Load config, rules and report definitions. At start, broken rule or report files
+    are problems beside the good ones; on a reload (``previous`` given) any problem
+    refuses the whole reload."""
     config, problems = read_config(config_path)
     if config is None or problems:
         return None, problems
     rule_set = load_rules(config.rule_paths, {"channels": config.channels})
-    if rule_set.problems and previous is not None:
-        return None, rule_set.problems
+    definitions, report_problems = report_definitions(config.report_paths, config.channels)
+    problems = [*rule_set.problems, *report_problems]
+    if problems and previous is not None:
+        return None, problems
     rules = {item.rule.name: item.rule for item in rule_set.rules if item.rule.enabled}
     triggers = {name: rule_trigger(rule, config.timezone) for name, rule in rules.items()}
+    reports = scheduled_reports([item.definition for item in definitions])
+    report_triggers = {name: report_trigger(d, config.timezone) for name, d in reports.items()}
     if previous is not None and previous.config.source == config.source:
         src = previous.ctx.src
     else:
@@ -69,12 +84,14 @@ def load_runtime(config_path: str | None, source_url: str | None, state: StateSt
         log_disconnects(src.engine, "audit store")
     ctx = TickContext(config, src, state, Renderer(config.template_paths, config.timezone), replica, clock,
                       policy=DeliveryPolicy.from_config(config.delivery), hold=hold)
-    return Runtime(config, rules, triggers, ctx), rule_set.problems
+    return Runtime(config, rules, triggers, ctx, reports, report_triggers), problems
 
 
 def watch_snapshot(config: Config) -> tuple[tuple[str, int, int], ...]:
-    """What a reload depends on: the config file and every rule file (name, mtime, size)."""
+    """What a reload depends on: the config file, every rule file and every report
+    definition (name, mtime, size)."""
     files, _ = rule_files(config.rule_paths)
+    files += yaml_files(config.report_paths, "reports")[0]
     if config.file:
         files.append(Path(config.file))
     found = []

@@ -166,7 +166,12 @@ def settle_orphans(ctx: TickContext, runtime: "Runtime", reaped: ledger.Reaped,
     for job, tick in reaped.orphans or []:
         with ctx.state.read() as conn:
             newer = ledger.newer_claim_exists(conn, job, tick)
-        if orphan_action(runtime.rules.get(job), runtime.triggers.get(job), tick, newer, now) == "run":
+        report = runtime.reports.get(ledger.report_name(job) or "")
+        if report is not None:   # a report run left half-done queued nothing: send it while still timely
+            action = "run" if not newer and now - tick <= report.catch_up else ledger.ABANDONED
+        else:
+            action = orphan_action(runtime.rules.get(job), runtime.triggers.get(job), tick, newer, now)
+        if action == "run":
             to_run.append((job, tick))
         else:
             ledger.finish(ctx.state, job, tick, ctx.replica, ledger.ABANDONED, now,

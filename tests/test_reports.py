@@ -133,10 +133,12 @@ def test_definition_problems_carry_file_line_and_field(tmp_path: Path) -> None:
 
 
 def test_duplicate_names_and_compliance_without_subject_are_problems(tmp_path: Path) -> None:
-    _write(tmp_path, "s.yaml", "name: two\nreport: compliance\nschedule: '0 7 1 * *'\n")
-    _, problems = report_definitions([tmp_path / "s.yaml"])
+    _write(tmp_path, "s.yaml", "name: two\nreport: compliance\nschedule: '0 7 1 * *'\nchannels: [archive]\n")
+    _write(tmp_path, "n.yaml", "name: three\nreport: triage\nschedule: '0 7 * * *'\n")
+    _, problems = report_definitions([tmp_path / "s.yaml", tmp_path / "n.yaml"])
     assert [str(p) for p in problems] == [
-        f"{tmp_path / 's.yaml'}:1: scope: a scheduled compliance report needs scope.user or scope.team"]
+        f"{tmp_path / 's.yaml'}:1: scope: a scheduled compliance report needs scope.user or scope.team",
+        f"{tmp_path / 'n.yaml'}:1: channels: a scheduled report needs channels to deliver to"]
     _write(tmp_path, "a.yaml", "name: one\nreport: triage\n")
     _write(tmp_path, "b.yaml", "name: one\nreport: token-usage\nbudgets: {Sync: 0}\n")
     loaded, problems = report_definitions([tmp_path / "a.yaml", tmp_path / "b.yaml"])

@@ -65,6 +65,9 @@ class ReportDefinitionBase(_Strict):
     template: str | None = None      # base name under templates/reports/ (default: the report's)
     enabled: bool = True
     labels: dict[str, str] = Field(default_factory=dict)
+    # A run missed while no replica was up is still sent when its tick is at most this
+    # old (a weekly digest two hours late is welcome; a day late, it is noise). 0: never.
+    catch_up: Duration = timedelta(hours=2)
 
     @field_validator("name")
     @classmethod
@@ -89,6 +92,13 @@ class ReportDefinitionBase(_Strict):
     @classmethod
     def _check_channels(cls, value: tuple[str, ...], info: ValidationInfo) -> tuple[str, ...]:
         return check_channel_names(value, info, "channels")
+
+    @model_validator(mode="after")
+    def _scheduled_needs_channels(self) -> "ReportDefinitionBase":
+        if self.schedule and not self.channels:
+            raise PydanticCustomError("channels", "a scheduled report needs channels to deliver to",
+                                      {"subpath": ["channels"]})
+        return self
 
 
 class WeeklyDigestDefinition(ReportDefinitionBase):

@@ -1,0 +1,191 @@
+"""Scheduled reports in the daemon: at the cron time, in the time zone, once.
+
+The deterministic tests drive :func:`run_report_tick` with a fixed tick; one test
+runs ``audit-watch run`` as a subprocess and waits for a report whose cron minute
+is the next one in Asia/Kathmandu (UTC+05:45, so only a correctly zoned schedule
+fires at that minute), delivered to the fake Slack API and to aiosmtpd.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import time
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from typing import Any
+from zoneinfo import ZoneInfo
+
+import pytest
+from sqlalchemy import select
+from test_daemon import Clock, Deployment, context, deployment, live, postgres_pair, stop, wait_for  # noqa: F401
+from test_ledger import state  # noqa: F401 - state with the ledger tables, both backends
+from test_state import T0, state_url  # noqa: F401
+
+from audit_watch import ledger
+from audit_watch.config import SourceConfig
+from audit_watch.daemon import Daemon
+from audit_watch.report_jobs import report_trigger, run_report_tick
+from audit_watch.reports.model import DEFINITION_MODELS
+from audit_watch.schedules import latest_tick
+from audit_watch.source import AuditSource
+from audit_watch.state import StateStore, outbox
+from audit_watch.tick import ELSEWHERE
+
+BERLIN = ZoneInfo("Europe/Berlin")
+KATHMANDU = ZoneInfo("Asia/Kathmandu")
+
+
+def definition(**keys: Any) -> Any:
+    data = {"name": "digest", "report": "weekly-digest", "schedule": "0 8 * * 1", "timezone": "Europe/Berlin",
+            "period": "last_week", "channels": ["archive"], "charts": False, **keys}
+    return DEFINITION_MODELS[data["report"]].model_validate(data)
+
+
+def report_rows(state: StateStore) -> list[Any]:  # noqa: F811
+    with state.read() as conn:
+        return list(conn.execute(select(outbox.c.kind, outbox.c.rule, outbox.c.channel, outbox.c.payload)
+                                 .where(outbox.c.kind == "report").order_by(outbox.c.id)))
+
+
+def test_the_cron_of_a_report_is_read_in_its_time_zone() -> None:
+    trigger = report_trigger(definition(), "UTC")
+    winter = datetime(2026, 11, 25, 12, tzinfo=timezone.utc)                    # a Wednesday
+    assert latest_tick(trigger, winter) == datetime(2026, 11, 23, 7, tzinfo=timezone.utc)   # Mon 08:00 CET
+    summer = datetime(2026, 7, 1, 12, tzinfo=timezone.utc)
+    assert latest_tick(trigger, summer) == datetime(2026, 6, 29, 6, tzinfo=timezone.utc)    # Mon 08:00 CEST
+    assert trigger.get_next_fire_time(None, winter) == datetime(2026, 11, 30, 7, tzinfo=timezone.utc)
+    # Without a zone of its own, the config's.
+    assert latest_tick(report_trigger(definition(timezone=None), "America/New_York"), winter) == \
+        datetime(2026, 11, 23, 13, tzinfo=timezone.utc)
+
+
+def test_a_scheduled_report_is_built_for_its_tick_and_queued_once(store: AuditSource, insert: Any,
+                                                                  state: StateStore, tmp_path: Path) -> None:  # noqa: F811
+    insert({"jobs": [{"at": "-3d", "status": "failed", "agent_id": "a1", "count": 4}]})
+    tick = datetime(2026, 11, 16, 7, tzinfo=timezone.utc)       # Mon 16 Nov 08:00 Berlin: the week before T0
+    clock = Clock(tick + timedelta(seconds=3))
+    first = run_report_tick(context(store, state, tmp_path, clock, "r1"), definition(), tick)
+    second = run_report_tick(context(store, state, tmp_path, clock, "r2"), definition(), tick)
+    assert first.status == ledger.OK and len(first.queued) == 1 and first.attempts == 1
+    assert second.status == ELSEWHERE and second.queued == []
+    [row] = report_rows(state)
+    assert (row.kind, row.rule, row.channel) == ("report", "digest", "archive")
+    period = row.payload["report"]["period"]
+    # last_week at Monday 08:00 Berlin: Monday 9 Nov 00:00 to Monday 16 Nov 00:00, Berlin time.
+    assert (period["start"], period["end"]) == ("2026-11-08T23:00:00+00:00", "2026-11-15T23:00:00+00:00")
+    [run] = ledger.history(state, ledger.report_job("digest"))
+    assert (run.replica, run.status, run.alerts, run.scheduled_for) == ("r1", "ok", 1, tick)
+
+
+def test_a_failing_report_is_retried_then_recorded_and_queues_nothing(store: AuditSource, state: StateStore,  # noqa: F811
+                                                                    tmp_path: Path) -> None:
+    clock = Clock(T0)
+    good = context(store, state, tmp_path, clock)
+    broken = AuditSource.from_config(SourceConfig(url=store.engine.url.render_as_string(False),
+                                                  tables={"jobs": "no_such_table"}))
+    waits: list[float] = []
+    try:
+        ctx = type(good)(good.config, broken, state, good.renderer, "r1", clock)
+        outcome = run_report_tick(ctx, definition(), T0, retry_waits=(1.0, 2.0),
+                                  stopped=lambda seconds: bool(waits.append(seconds)))
+    finally:
+        broken.engine.dispose()
+    assert outcome.status == ledger.ERROR and outcome.attempts == 3 and waits == [1.0, 2.0]
+    assert "no_such_table" in (outcome.error or "")
+    assert report_rows(state) == []
+    [run] = ledger.history(state, ledger.report_job("digest"))
+    assert run.status == "error" and "no_such_table" in run.error
+
+
+def test_a_stopping_daemon_does_not_wait_to_retry_a_report(store: AuditSource, state: StateStore,  # noqa: F811
+                                                          tmp_path: Path) -> None:
+    clock = Clock(T0)
+    good = context(store, state, tmp_path, clock)
+    broken = AuditSource.from_config(SourceConfig(url=store.engine.url.render_as_string(False),
+                                                  tables={"jobs": "no_such_table"}))
+    try:
+        ctx = type(good)(good.config, broken, state, good.renderer, "r1", clock)
+        outcome = run_report_tick(ctx, definition(), T0, retry_waits=(60.0,), stopped=lambda _: True)
+    finally:
+        broken.engine.dispose()
+    assert outcome.status == ledger.ERROR and outcome.attempts == 1
+
+
+def test_a_report_whose_claim_was_taken_over_queues_nothing(store: AuditSource, state: StateStore,  # noqa: F811
+                                                          tmp_path: Path) -> None:
+    clock = Clock(T0)
+    ctx = context(store, state, tmp_path, clock, "r1")
+    job = ledger.report_job("digest")
+    ledger.register_replica(state, "r1", T0)
+    assert ledger.claim(state, job, T0, "r1", T0)
+    reaped = ledger.reap(state, "r1", "r2", T0)     # r2 presumed r1 dead and took its claims
+    assert reaped is not None and reaped.orphans == [(job, T0)]
+    outcome = run_report_tick(ctx, definition(), T0, claimed=True)
+    assert outcome.status == ELSEWHERE and report_rows(state) == []
+
+
+def _add_report(config_path: Path, body: dict[str, Any]) -> None:
+    folder = config_path.parent / "reports"
+    folder.mkdir(exist_ok=True)
+    (folder / f"{body['name']}.yaml").write_text(json.dumps(body))
+    config = json.loads(config_path.read_text())
+    config["reports"] = ["reports/"]
+    config_path.write_text(json.dumps(config))
+
+
+def test_the_daemon_sends_a_report_missed_during_downtime_once(deployment: Path) -> None:  # noqa: F811
+    now = datetime.now(timezone.utc)
+    hour_ago = (now - timedelta(hours=1)).astimezone(BERLIN)
+    _add_report(deployment, {"name": "hourly-triage", "report": "triage", "period": "1h", "channels": ["archive"],
+                             "schedule": f"{hour_ago.minute} * * * *", "timezone": "Europe/Berlin"})
+    _add_report(deployment, {"name": "too-late", "report": "triage", "period": "1h", "channels": ["archive"],
+                             "schedule": f"{hour_ago.minute} {hour_ago.hour} * * *", "timezone": "Europe/Berlin",
+                             "catch_up": "30m"})
+    state_url_ = json.loads(deployment.read_text())["state"]["url"]
+    for attempt in range(2):          # a start, then a restart: the tick is claimed already
+        daemon = Daemon(str(deployment), None)
+        assert daemon.start() is None
+        assert sorted(daemon.runtime.reports) == ["hourly-triage", "too-late"]
+        daemon.one_offs.shutdown(wait=True)
+        assert daemon.shutdown()
+        state = StateStore.open(state_url_)
+        try:
+            runs = ledger.history(state, ledger.report_job("hourly-triage"))
+            assert ledger.history(state, ledger.report_job("too-late")) == [], "an hour late is past its catch_up"
+            assert len(report_rows(state)) == 1, attempt
+        finally:
+            state.close()
+        tick = latest_tick(daemon.runtime.report_triggers["hourly-triage"], daemon.clock())
+        assert [(r.status, r.scheduled_for) for r in runs] == [("ok", tick)], attempt
+    assert any(p.name.endswith("-hourly-triage-report.html") for p in (deployment.parent / "out").iterdir())
+
+
+@pytest.mark.postgres
+def test_run_sends_a_report_at_its_cron_minute_in_its_time_zone(live: Deployment) -> None:  # noqa: F811
+    now = datetime.now(timezone.utc)
+    due = (now + timedelta(seconds=70 if now.second > 50 else 60)).replace(second=0, microsecond=0)
+    local = due.astimezone(KATHMANDU)
+    config = live.config({}, reload_watch=False)
+    _add_report(config, {"name": "ops-triage", "report": "triage", "period": "1h", "channels": ["oncall", "mail"],
+                         "schedule": f"{local.minute} {local.hour} * * *", "timezone": "Asia/Kathmandu"})
+    proc, _, log_path = live.start(config)
+    posts = lambda: live.slack.calls("chat.postMessage")  # noqa: E731
+    wait_for(lambda: posts() and live.smtp.received, (due - now).total_seconds() + 30, "the report")
+    arrived = datetime.now(timezone.utc)
+    assert arrived >= due, (arrived, due)
+    [post] = posts()
+    assert "Triage" in post["text"] and post["blocks"]
+    [mail] = live.smtp.received
+    assert "Triage" in mail.message["Subject"]
+    [run] = live.ledger_rows(ledger.report_job("ops-triage"))
+    assert (run.status, run.scheduled_for) == ("ok", due)
+    code, seconds = stop(proc)
+    assert code == 0 and seconds < 10
+    # A restart within catch_up finds the tick claimed: nothing is sent twice.
+    proc, _, log_path = live.start(config, "restart")
+    wait_for(lambda: any("audit-watch running" in line for line in log_path.read_text().splitlines()), 10, "start")
+    time.sleep(2)
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=15) == 0
+    assert len(posts()) == 1 and len(live.smtp.received) == 1
