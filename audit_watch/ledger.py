@@ -32,8 +32,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import (
-    Column, Float, Index, Integer, MetaData, String, Table, Text, and_, delete, func, insert, or_, select, text,
-    update,
+    Column, Float, Index, Integer, MetaData, String, Table, Text, and_, delete, func, insert, or_, select, update,
 )
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection
@@ -41,7 +40,7 @@ from sqlalchemy.engine import Connection
 from audit_watch.channels.base import short_error
 from audit_watch.schema import UtcDateTime
 from audit_watch import outbox as outbox_rows
-from audit_watch.state import StateError, StateStore, outbox
+from audit_watch.state import StateError, StateStore, lock_schema, outbox
 
 log = logging.getLogger(__name__)
 
@@ -90,16 +89,13 @@ delivery_runs = Table(
     Index("ix_aw_delivery_run_replica", "replica"),
 )
 
-_SCHEMA_LOCK = 0x61775F6C  # "aw_l": serialises CREATE TABLE between replicas starting together
-
 
 REPORT_JOB_PREFIX = "report:"   # no rule name starts with it (rule_model)
 
 
 def ensure_ledger_schema(state: StateStore) -> None:
     with state.write() as conn:
-        if conn.dialect.name == "postgresql":
-            conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _SCHEMA_LOCK})
+        lock_schema(conn)
         ledger_metadata.create_all(conn)
 
 

@@ -33,6 +33,7 @@ from sqlalchemy import (
     event,
     insert,
     select,
+    text,
     update,
 )
 from sqlalchemy.engine import Connection, Engine
@@ -128,6 +129,17 @@ outbox = Table(
 )
 
 
+_SCHEMA_LOCK = 0x61775F6C  # "aw_l"
+
+
+def lock_schema(conn: Connection) -> None:
+    """Serialise schema creation between replicas that start together (PostgreSQL:
+    two concurrent CREATE TABLE IF NOT EXISTS can both try to create the table).
+    Held until the transaction ends; SQLite's write transaction serialises already."""
+    if conn.dialect.name == "postgresql":
+        conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _SCHEMA_LOCK})
+
+
 class StateError(RuntimeError):
     """The state database cannot be used (e.g. written by a newer audit-watch)."""
 
@@ -160,6 +172,7 @@ class StateStore:
 
     def ensure_schema(self) -> None:
         with self.write() as conn:
+            lock_schema(conn)
             metadata.create_all(conn)
             found = conn.execute(select(schema_version.c.version).where(schema_version.c.id == 1)).scalar()
             if found is None:

@@ -14,7 +14,7 @@ from datetime import datetime, timedelta, timezone
 from typing import Any
 
 import pytest
-from sqlalchemy import delete, update
+from sqlalchemy import delete, select, update
 
 from audit_watch.alert import Alert
 from audit_watch.evaluate import Evaluation
@@ -94,6 +94,29 @@ def test_schema_is_created_versioned_and_reopening_is_harmless(state: StateStore
     with again.read() as conn:
         assert conn.execute(schema_version.select()).all() == [(1, SCHEMA_VERSION)]
     again.close()
+
+
+@pytest.mark.postgres
+def test_replicas_starting_together_create_the_schema_once() -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    from audit_watch import ledger
+
+    def start(url: str) -> None:
+        store = StateStore.open(url)
+        ledger.ensure_ledger_schema(store)
+        store.close()
+
+    with temporary_postgres("aw_race") as url:
+        with ThreadPoolExecutor(6) as pool:
+            for future in [pool.submit(start, url) for _ in range(6)]:
+                future.result()        # a race on CREATE TABLE would raise here
+        store = StateStore.open(url)
+        try:
+            with store.read() as conn:
+                assert conn.execute(select(schema_version.c.version)).scalars().all() == [SCHEMA_VERSION]
+        finally:
+            store.close()
 
 
 def test_a_newer_schema_is_refused(state: StateStore, state_url: str) -> None:
