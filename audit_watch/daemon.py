@@ -40,7 +40,8 @@ from audit_watch.report_jobs import run_report_tick
 from audit_watch.state import StateStore
 from audit_watch.runtime import Runtime, load_runtime, log_disconnects, watch_snapshot
 from audit_watch.schedules import TickPoolExecutor, interval_trigger, latest_tick, scheduled_time
-from audit_watch.tick import deliver, run_rule_tick, settle_orphans
+from audit_watch.self_alerts import builtin_rule
+from audit_watch.tick import deliver, orphaned_alert_rules, retire_rules, run_rule_tick, settle_orphans
 
 log = logging.getLogger(__name__)
 
@@ -127,6 +128,8 @@ class Daemon:
         self.scheduler.start()
         self.health.scheduler_running = True
         self.metrics.scheduler_running.set(1)
+        if not problems:   # with a broken rule file, a missing rule may just be unreadable
+            self._retire_vanished(runtime)
         self._catch_up(runtime, list(runtime.rules), list(runtime.reports))
         self._snapshot = watch_snapshot(runtime.config)
         log.info("audit-watch running as replica %s: %d rules, %d scheduled reports", self.replica,
@@ -195,6 +198,19 @@ class Daemon:
             tick = latest_tick(runtime.report_triggers[name], now)
             if now - tick <= runtime.reports[name].catch_up:
                 self.one_offs.submit(self._report_job, name, tick)
+
+    def _retire_vanished(self, runtime: Runtime) -> None:
+        """Resolve (without notifying: the rule and its channels are unknown now) the open
+        alerts of rules that were removed while no daemon ran."""
+        try:
+            names = orphaned_alert_rules(runtime.ctx.state, runtime.rules)
+            if names:
+                gone = [builtin_rule(name, f"Rule {name} is no longer configured.", ()) for name in names]
+                retire_rules(runtime.ctx, gone, self.clock())
+                log.warning("resolved the open alerts of %d rule(s) no longer configured: %s", len(names),
+                            ", ".join(names))
+        except Exception as exc:  # noqa: BLE001 - tried again at the next start
+            log.warning("could not resolve the alerts of removed rules: %s", short_error(exc))
 
     # --- jobs ---------------------------------------------------------------------------
 
@@ -389,6 +405,14 @@ class Daemon:
         added = [name for name in new.rules if name not in old.rules]
         for name in removed:
             self.scheduler.remove_job(f"rule:{name}")
+        if removed:
+            try:
+                queued = retire_rules(old.ctx, [old.rules[name] for name in removed], self.clock())
+            except Exception as exc:  # noqa: BLE001 - the alerts stay open; the next start resolves them
+                log.warning("could not resolve the alerts of removed rules: %s", short_error(exc))
+            else:
+                if queued:
+                    self._delivery_due.set()
         changed = [n for n in new.rules if n in old.rules and new.trigger_key(n) != old.trigger_key(n)]
         for name in added + changed:
             self._schedule_rule(new, name)

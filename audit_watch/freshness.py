@@ -23,14 +23,14 @@ from audit_watch.config import FreshnessConfig
 from audit_watch.durations import format_duration
 from audit_watch.links import list_link
 from audit_watch.rule_model import RuleBase
-from audit_watch.self_alerts import builtin_alert, builtin_rule, has_open_alert, process_builtin
+from audit_watch.self_alerts import BUILTIN_PREFIX, builtin_alert, builtin_rule, has_open_alert, process_builtin
 from audit_watch.source import AuditSource
 from audit_watch.tick import TickContext
 
 log = logging.getLogger(__name__)
 
 FRESHNESS_JOB = "audit-watch:freshness"
-FRESHNESS_RULE = "audit-watch: audit store silent"
+FRESHNESS_RULE = BUILTIN_PREFIX + "audit store silent"
 
 
 def fires_on_silence(rule: RuleBase) -> bool:

@@ -23,6 +23,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 _SECOND = timedelta(seconds=1)
+BUILTIN_PREFIX = "audit-watch: "     # the names of audit-watch's own alerts start so
 
 
 
@@ -52,7 +53,7 @@ def has_open_alert(state: StateStore, rule_name: str) -> bool:
 
 
 def failing_rule_name(rule: str) -> str:
-    return f"audit-watch: rule {rule} failing"
+    return f"{BUILTIN_PREFIX}rule {rule} failing"
 
 
 def update_failing_alert(ctx: TickContext, rule: RuleBase, tick: datetime, failed: bool) -> tuple[list[int], int]:

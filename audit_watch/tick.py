@@ -14,7 +14,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from apscheduler.triggers.base import BaseTrigger
@@ -29,9 +29,11 @@ from audit_watch.render import Renderer
 from audit_watch.rule_loader import RuleSet, load_rules
 from audit_watch.rule_model import RuleBase
 from audit_watch.schedules import latest_tick
-from audit_watch.self_alerts import update_failing_alert
+from audit_watch.self_alerts import (
+    BUILTIN_PREFIX, builtin_rule, failing_rule_name, has_open_alert, update_failing_alert,
+)
 from audit_watch.source import AuditSource
-from audit_watch.state import StateStore
+from audit_watch.state import StateStore, all_states
 
 if TYPE_CHECKING:
     from audit_watch.runtime import Runtime
@@ -71,6 +73,7 @@ def run_pass(
 
 # --- one tick -----------------------------------------------------------------------------
 
+STILL_FAILING_EVERY = 60     # a failing rule's error is logged at its 1st, 60th, 120th ... tick in a row
 ELSEWHERE = "elsewhere"   # another replica (or an earlier run) has the tick
 
 
@@ -133,8 +136,39 @@ def run_rule_tick(ctx: TickContext, rule: RuleBase, tick: datetime, *, claimed: 
     if not kept:
         log.warning("rule %s at %s: another replica took this tick over meanwhile", rule.name, tick.isoformat())
     more, errors = update_failing_alert(ctx, rule, tick, failed=error is not None)
+    if error is not None and (errors <= 1 or errors % STILL_FAILING_EVERY == 0):
+        # The first error of a streak, then every STILL_FAILING_EVERY-th: a rule failing
+        # every second must not flood the log (the ledger and /metrics keep every one).
+        log.warning("rule %s failed at %s%s: %s", rule.name, tick.isoformat(),
+                    f" ({errors} errors in a row)" if errors > 1 else "", error, extra={"rule": rule.name})
     return TickOutcome(rule.name, tick, status, evaluation, error, queued + more, kept, errors)
 
+
+
+def retire_rules(ctx: TickContext, rules: Iterable[RuleBase], now: datetime) -> list[int]:
+    """Resolve the open alerts of rules that are no longer evaluated (removed or disabled),
+    and their "rule failing" alerts: nothing else ever would. As Alertmanager resolves
+    alerts that stop arriving, the rule's channels get the resolution. Returns the
+    outbox ids queued."""
+    evaluations = []
+    for rule in rules:
+        evaluations.append(Evaluation(rule.model_copy(update={"keep_firing_for": timedelta(0)}), now, []))
+        failing = failing_rule_name(rule.name)
+        if has_open_alert(ctx.state, failing):
+            evaluations.append(Evaluation(builtin_rule(failing, f"Rule {rule.name} was removed.",
+                                                       ctx.self_alert_channels(rule.notify), rule.severity), now, []))
+    if not evaluations:
+        return []
+    summary = process(evaluations, ctx.config, ctx.state, now, renderer=ctx.renderer, policy=ctx.policy)
+    return list(summary.notifications)
+
+
+def orphaned_alert_rules(state: StateStore, loaded: Iterable[str]) -> list[str]:
+    """Rules with open alerts that are not among ``loaded`` (nor audit-watch's own)."""
+    known = set(loaded)
+    with state.read() as conn:
+        names = {item.rule for item in all_states(conn, include_resolved=False)}
+    return sorted(name for name in names if name not in known and not name.startswith(BUILTIN_PREFIX))
 
 
 def deliver(ctx: TickContext, now: datetime | None = None) -> DeliverySummary:

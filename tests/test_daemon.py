@@ -37,6 +37,7 @@ from audit_watch.row_builder import insert_rows
 from audit_watch.rule_loader import RULE_ADAPTER
 from audit_watch.schema import create_reference_tables
 from audit_watch.source import AuditSource
+from audit_watch.pipeline import alerts_table, process
 from audit_watch.state import StateStore, outbox
 from audit_watch.runtime import watch_snapshot
 from audit_watch.schedules import TickPoolExecutor, latest_tick, scheduled_time
@@ -94,16 +95,20 @@ def test_a_tick_is_evaluated_by_the_replica_that_claims_it(store: AuditSource, i
 
 
 def test_a_failing_rule_alerts_after_n_errors_and_resolves_when_it_works_again(
-        store: AuditSource, state: StateStore, tmp_path: Path) -> None:  # noqa: F811
+        store: AuditSource, state: StateStore, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:  # noqa: F811
     clock = Clock(T0)
     good = context(store, state, tmp_path, clock, rule_error_alert_after=3)
     broken_source = AuditSource.from_config(SourceConfig(url=str(store.engine.url.render_as_string(False)),
                                                          tables={"jobs": "no_such_table"}))
     bad = TickContext(good.config, broken_source, state, good.renderer, "r1", clock)
     try:
-        outcomes = [run_rule_tick(bad, rule(), T0 + i * timedelta(minutes=1)) for i in range(4)]
+        with caplog.at_level(logging.DEBUG):
+            outcomes = [run_rule_tick(bad, rule(), T0 + i * timedelta(minutes=1)) for i in range(4)]
     finally:
         broken_source.engine.dispose()
+    warned = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    # The first error of the streak, and the alert at the third: not a line per tick.
+    assert len([m for m in warned if "failed at" in m]) == 1 and len([m for m in warned if "failing since" in m]) == 1
     assert [o.status for o in outcomes] == ["error"] * 4 and [o.errors_in_a_row for o in outcomes] == [1, 2, 3, 4]
     assert [len(o.queued) for o in outcomes] == [0, 0, 1, 0]          # once, at the third error
     assert titles(state) == ["firing: audit-watch: rule failed-jobs failing"]
@@ -228,6 +233,55 @@ def test_a_reload_applies_rule_changes_and_refuses_broken_files(deployment: Path
         assert "second" in daemon.runtime.rules
         daemon._watch()                       # unchanged since: reload
         assert "second" not in daemon.runtime.rules and daemon.scheduler.get_job("rule:second") is None
+    finally:
+        assert daemon.shutdown()
+
+
+def _fire(state_url_: str, rule: Any, now: datetime) -> None:
+    """Give ``rule`` a firing alert in the state database, as its evaluation would."""
+    from test_state import evaluation, make_alert
+
+    config = Config.model_validate({"channels": {"archive": {"type": "file", "path": "/nonexistent"}}})
+    state = StateStore.open(state_url_)
+    try:
+        process([evaluation(rule, now, make_alert(rule=rule.name, now=now))], config, state, now)
+    finally:
+        state.close()
+
+
+def _open_alerts(state_url_: str) -> dict[str, str]:
+    state = StateStore.open(state_url_)
+    try:
+        return {row.rule: row.state for row in alerts_table(state)}
+    finally:
+        state.close()
+
+
+def test_removed_rules_do_not_leave_their_alerts_firing(deployment: Path) -> None:
+    rules = deployment.parent / "rules"
+    (rules / "failed.yaml").write_text(json.dumps({**FAILED_JOBS, "every": "1h"}))
+    (rules / "second.yaml").write_text(json.dumps({**FAILED_JOBS, "name": "second", "every": "1h"}))
+    state_url_ = json.loads(deployment.read_text())["state"]["url"]
+    now = datetime.now(timezone.utc) - timedelta(minutes=5)
+    _fire(state_url_, rule(name="second", notify=["archive"]), now)
+    _fire(state_url_, rule(name="deleted-while-down", notify=["archive"]), now)
+    daemon = Daemon(str(deployment), None)
+    assert daemon.start() is None
+    try:
+        daemon.one_offs.shutdown(wait=True)
+        # Removed while no daemon ran: resolved at start, quietly (its channels are unknown now).
+        assert _open_alerts(state_url_)["deleted-while-down"] == "resolved"
+        assert _open_alerts(state_url_)["second"] == "firing"
+        (rules / "second.yaml").unlink()
+        assert daemon.reload("test") is True
+        assert _open_alerts(state_url_)["second"] == "resolved"
+        state = StateStore.open(state_url_)
+        try:
+            with state.read() as conn:
+                queued = [(r.kind, r.rule) for r in conn.execute(select(outbox.c.kind, outbox.c.rule))]
+        finally:
+            state.close()
+        assert ("resolved", "second") in queued and ("resolved", "deleted-while-down") not in queued
     finally:
         assert daemon.shutdown()
 
