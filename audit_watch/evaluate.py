@@ -59,7 +59,8 @@ def evaluate_rule(
     try:
         alerts = _evaluate(rule, src, now, links)
     except Exception as exc:  # noqa: BLE001 - one rule's failure must not stop the others
-        log.warning("rule %s failed at %s: %s", rule.name, now.isoformat(), _short(exc))
+        # DEBUG: the caller says it where it fits (the daemon once per streak, commands on stderr).
+        log.debug("rule %s failed at %s: %s", rule.name, now.isoformat(), _short(exc))
         return Evaluation(rule, now, error=_short(exc), seconds=time.perf_counter() - started)
     return Evaluation(rule, now, alerts, seconds=time.perf_counter() - started)
 
