@@ -58,19 +58,20 @@ def test_three_replicas_share_the_ticks_and_lose_or_repeat_nothing_when_one_is_k
     config = live.config({f"agent-{i:02d}": agent_rule(i) for i in range(RULES)})
     replicas = [live.start(config, f"replica-{n}") for n in range(3)]
     started = datetime.now(timezone.utc)
-    # About 32 s of three (then two) replicas: each rule fires and resolves 2 or 3 times.
+    # About 60 s of three replicas, then two for the second half: each rule fires and
+    # resolves 2 or 3 times.
     time.sleep(3)
     burst(live, range(0, 10))
     time.sleep(6)
     burst(live, range(10, 20))
-    time.sleep(6)
+    time.sleep(19)
     victim, _, victim_log = replicas[0]
     tick = kill_mid_tick(live, victim)           # halfway
     killed_at = datetime.now(timezone.utc)
     burst(live, range(0, 20))
     time.sleep(6)
     burst(live, range(0, 20, 2))
-    time.sleep(7)
+    time.sleep(24)
 
     state = StateStore.open(live.state_url)
     try:
