@@ -194,9 +194,8 @@ class Daemon:
         assert self.one_offs is not None
         for name in names:
             self.one_offs.submit(self._rule_job, name, latest_tick(runtime.triggers[name], now))
-        for name in reports:
-            tick = latest_tick(runtime.report_triggers[name], now)
-            if now - tick <= runtime.reports[name].catch_up:
+        for name, tick in runtime.reports_due(now):
+            if name in reports:
                 self.one_offs.submit(self._report_job, name, tick)
 
     def _retire_vanished(self, runtime: Runtime) -> None:

@@ -13,14 +13,18 @@ from audit_watch.freshness import FreshnessWatch, check_every, freshness_tick
 from audit_watch.runtime import load_runtime
 from audit_watch.schedules import interval_trigger, latest_tick
 from audit_watch.state import StateStore
-from audit_watch.tick import deliver, once_summary, run_due
+from audit_watch.pipeline import DeliverySummary
+from audit_watch.report_jobs import ReportOutcome, run_report_tick
+from audit_watch.tick import ELSEWHERE, TickOutcome, deliver, run_due
 
 
 def run_once(config_path: str | None, source_url: str | None, now: datetime | None) -> int:
     """``audit-watch run --once``: each rule's latest tick at ``now`` that no run has
-    claimed yet (on a fresh state: every rule), the freshness check, then delivery.
-    Prints a summary; exit 0, 1 when a rule failed or a notification went dead,
-    2 for problems in the config or rule files."""
+    claimed yet (on a fresh state: every rule), the freshness check, each scheduled
+    report whose latest tick is unclaimed and at most its ``catch_up`` old (so that
+    ``run --once`` from cron every minute sends reports too), then delivery.
+    Prints a summary; exit 0, 1 when a rule or report failed or a notification went
+    dead, 2 for problems in the config, rule or report files."""
     config, problems = read_config(config_path)
     if config is None or problems:
         for problem in problems:
@@ -47,6 +51,8 @@ def run_once(config_path: str | None, source_url: str | None, now: datetime | No
             tick = latest_tick(interval_trigger(check_every(watch.config)), now)
             queued = freshness_tick(runtime.ctx, watch, tick, list(runtime.rules.values()))[1]
         outcomes = run_due(runtime.ctx, runtime.rules, runtime.triggers, now)
+        reports = [run_report_tick(runtime.ctx, runtime.reports[name], tick, retry_waits=())
+                   for name, tick in runtime.reports_due(now)]
         delivered = deliver(runtime.ctx, now)
     finally:
         beat.stopped.set()
@@ -54,8 +60,30 @@ def run_once(config_path: str | None, source_url: str | None, now: datetime | No
         ledger.mark_stopped(state, replica, utc_now())
         runtime.ctx.src.engine.dispose()
         state.close()
-    text, failed = once_summary(now, outcomes, delivered, len(queued))
+    text, failed = once_summary(now, outcomes, reports, delivered, len(queued))
     print(text)
     if problems:
         return 2
     return 1 if failed else 0
+
+
+def once_summary(now: datetime, outcomes: list[TickOutcome], reports: list[ReportOutcome],
+                 delivered: DeliverySummary, also_queued: int = 0) -> tuple[str, bool]:
+    """The summary, and whether anything failed (a rule, a report, or a notification
+    kept as dead). ``also_queued``: notifications of the built-in checks."""
+    count = {status: sum(1 for o in outcomes if o.status == status)
+             for status in (ledger.OK, ledger.ERROR, ledger.HELD, ELSEWHERE)}
+    queued = sum(len(o.queued) for o in [*outcomes, *reports]) + also_queued
+    lines = [
+        f"run --once at {now.isoformat()}: {len(outcomes)} rules; evaluated {count[ledger.OK]}, failed "
+        f"{count[ledger.ERROR]}, held {count[ledger.HELD]}, already evaluated at this tick {count[ELSEWHERE]}; "
+        f"{queued} notifications queued; delivered {delivered.delivered}, "
+        f"retrying {delivered.retrying}, dead {delivered.dead}."
+    ]
+    lines += [f"  {o.rule} at {o.tick.isoformat()}: {o.error}" for o in outcomes if o.status == ledger.ERROR]
+    sent = [r for r in reports if r.status == ledger.OK]
+    if sent:
+        lines.append("  reports queued: " + ", ".join(f"{r.name} ({r.tick.isoformat()})" for r in sent))
+    lines += [f"  report {r.name} at {r.tick.isoformat()}: {r.error}" for r in reports if r.status == ledger.ERROR]
+    failed = count[ledger.ERROR] or delivered.dead or any(r.status == ledger.ERROR for r in reports)
+    return "\n".join(lines), bool(failed)

@@ -23,7 +23,7 @@ from audit_watch.reports.loader import report_definitions
 from audit_watch.reports.model import ReportDefinitionBase
 from audit_watch.rule_loader import load_rules, rule_files
 from audit_watch.rule_model import RuleBase
-from audit_watch.schedules import CronScheduleTrigger, rule_trigger
+from audit_watch.schedules import CronScheduleTrigger, latest_tick, rule_trigger
 from audit_watch.source import AuditSource
 from audit_watch.state import StateStore
 from audit_watch.tick import TickContext
@@ -50,6 +50,15 @@ class Runtime:
     def report_trigger_key(self, name: str) -> tuple[Any, ...]:
         report = self.reports[name]
         return (report.schedule, report.timezone or self.config.timezone)
+
+    def reports_due(self, now: datetime) -> list[tuple[str, datetime]]:
+        """Each scheduled report's latest tick at ``now``, while at most its ``catch_up`` old."""
+        due = []
+        for name, trigger in self.report_triggers.items():
+            tick = latest_tick(trigger, now)
+            if now - tick <= self.reports[name].catch_up:
+                due.append((name, tick))
+        return due
 
     def needs_restart(self, before: "Runtime") -> list[str]:
         """Settings that changed but that a reload cannot apply to a running process."""

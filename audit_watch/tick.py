@@ -219,20 +219,3 @@ def run_due(ctx: TickContext, rules: dict[str, RuleBase], triggers: dict[str, Ba
             now: datetime) -> list[TickOutcome]:
     """Every rule's latest tick at ``now`` that no run has claimed yet (``run --once``)."""
     return [run_rule_tick(ctx, rule, latest_tick(triggers[name], now)) for name, rule in rules.items()]
-
-
-def once_summary(now: datetime, outcomes: list[TickOutcome], delivered: DeliverySummary,
-                 also_queued: int = 0) -> tuple[str, bool]:
-    """``run --once``'s report, and whether anything failed (a rule, or a notification kept
-    as dead). ``also_queued``: notifications of the built-in checks."""
-    count = {status: sum(1 for o in outcomes if o.status == status)
-             for status in (ledger.OK, ledger.ERROR, ledger.HELD, ELSEWHERE)}
-    lines = [
-        f"run --once at {now.isoformat()}: {len(outcomes)} rules; evaluated {count[ledger.OK]}, failed "
-        f"{count[ledger.ERROR]}, held {count[ledger.HELD]}, already evaluated at this tick {count[ELSEWHERE]}; "
-        f"{sum(len(o.queued) for o in outcomes) + also_queued} notifications queued; delivered {delivered.delivered}, "
-        f"retrying {delivered.retrying}, dead {delivered.dead}."
-    ]
-    lines += [f"  {o.rule} at {o.tick.isoformat()}: {o.error}" for o in outcomes if o.status == ledger.ERROR]
-    return "\n".join(lines), bool(count[ledger.ERROR] or delivered.dead)
-

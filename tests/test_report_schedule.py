@@ -189,3 +189,18 @@ def test_run_sends_a_report_at_its_cron_minute_in_its_time_zone(live: Deployment
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(timeout=15) == 0
     assert len(posts()) == 1 and len(live.smtp.received) == 1
+
+
+def test_run_once_sends_the_reports_that_are_due(deployment: Path, capsys: pytest.CaptureFixture[str]) -> None:  # noqa: F811
+    from audit_watch.once import run_once
+
+    _add_report(deployment, {"name": "hourly-triage", "report": "triage", "period": "1h", "channels": ["archive"],
+                             "schedule": "0 * * * *", "timezone": "UTC"})
+    assert run_once(str(deployment), None, T0 + timedelta(minutes=5)) == 0
+    out = capsys.readouterr().out
+    assert "reports queued: hourly-triage (2026-11-20T12:00:00+00:00)" in out
+    assert "2 notifications queued; delivered 2" in out          # the rule's alert and the report
+    assert run_once(str(deployment), None, T0 + timedelta(minutes=6)) == 0      # same report tick: not again
+    assert "reports queued" not in capsys.readouterr().out
+    reports = sorted(p.name for p in (deployment.parent / "out").glob("*-hourly-triage-report.*"))
+    assert [name.rsplit(".", 1)[1] for name in reports] == ["html", "json", "txt"], reports
