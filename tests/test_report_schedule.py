@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import signal
 import time
+from collections.abc import Iterator
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
@@ -30,7 +31,7 @@ from audit_watch.reports.model import DEFINITION_MODELS
 from audit_watch.schedules import latest_tick
 from audit_watch.source import AuditSource
 from audit_watch.state import StateStore, outbox
-from audit_watch.tick import ELSEWHERE
+from audit_watch.tick import ELSEWHERE, TickContext
 
 BERLIN = ZoneInfo("Europe/Berlin")
 KATHMANDU = ZoneInfo("Asia/Kathmandu")
@@ -78,19 +79,23 @@ def test_a_scheduled_report_is_built_for_its_tick_and_queued_once(store: AuditSo
     assert (run.replica, run.status, run.alerts, run.scheduled_for) == ("r1", "ok", 1, tick)
 
 
-def test_a_failing_report_is_retried_then_recorded_and_queues_nothing(store: AuditSource, state: StateStore,  # noqa: F811
-                                                                    tmp_path: Path) -> None:
-    clock = Clock(T0)
-    good = context(store, state, tmp_path, clock)
+@pytest.fixture
+def broken_ctx(store: AuditSource, state: StateStore, tmp_path: Path) -> Iterator[TickContext]:  # noqa: F811
+    """A tick context whose audit store has no jobs table (every report run fails)."""
+    good = context(store, state, tmp_path, Clock(T0))
     broken = AuditSource.from_config(SourceConfig(url=store.engine.url.render_as_string(False),
                                                   tables={"jobs": "no_such_table"}))
-    waits: list[float] = []
     try:
-        ctx = type(good)(good.config, broken, state, good.renderer, "r1", clock)
-        outcome = run_report_tick(ctx, definition(), T0, retry_waits=(1.0, 2.0),
-                                  stopped=lambda seconds: bool(waits.append(seconds)))
+        yield TickContext(good.config, broken, state, good.renderer, "r1", good.clock)
     finally:
         broken.engine.dispose()
+
+
+def test_a_failing_report_is_retried_then_recorded_and_queues_nothing(broken_ctx: TickContext,
+                                                                    state: StateStore) -> None:  # noqa: F811
+    waits: list[float] = []
+    outcome = run_report_tick(broken_ctx, definition(), T0, retry_waits=(1.0, 2.0),
+                              stopped=lambda seconds: bool(waits.append(seconds)))
     assert outcome.status == ledger.ERROR and outcome.attempts == 3 and waits == [1.0, 2.0]
     assert "no_such_table" in (outcome.error or "")
     assert report_rows(state) == []
@@ -98,17 +103,8 @@ def test_a_failing_report_is_retried_then_recorded_and_queues_nothing(store: Aud
     assert run.status == "error" and "no_such_table" in run.error
 
 
-def test_a_stopping_daemon_does_not_wait_to_retry_a_report(store: AuditSource, state: StateStore,  # noqa: F811
-                                                          tmp_path: Path) -> None:
-    clock = Clock(T0)
-    good = context(store, state, tmp_path, clock)
-    broken = AuditSource.from_config(SourceConfig(url=store.engine.url.render_as_string(False),
-                                                  tables={"jobs": "no_such_table"}))
-    try:
-        ctx = type(good)(good.config, broken, state, good.renderer, "r1", clock)
-        outcome = run_report_tick(ctx, definition(), T0, retry_waits=(60.0,), stopped=lambda _: True)
-    finally:
-        broken.engine.dispose()
+def test_a_stopping_daemon_does_not_wait_to_retry_a_report(broken_ctx: TickContext) -> None:
+    outcome = run_report_tick(broken_ctx, definition(), T0, retry_waits=(60.0,), stopped=lambda _: True)
     assert outcome.status == ledger.ERROR and outcome.attempts == 1
 
 
