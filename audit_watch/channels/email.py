@@ -1,5 +1,10 @@
 """Email through ``smtplib``: one connection per batch, multipart/alternative.
 
+:func:`build_message` turns a payload into the message, for alerts and reports
+alike: text and HTML as alternatives and, when the payload has ``attachments``
+(reports), the inline images related to the HTML part and the other files
+attached (multipart/mixed).
+
 STARTTLS (``starttls: true``, usually port 587) or implicit TLS (``ssl: true``,
 usually 465), login when a username is set, and always a ``timeout`` (the
 default would wait forever). Repeats and resolutions carry ``In-Reply-To`` and
@@ -11,17 +16,67 @@ login are permanent.
 
 from __future__ import annotations
 
+import base64
 import logging
 import smtplib
 import ssl
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from datetime import datetime
 from email.message import EmailMessage
 from email.utils import format_datetime
+from typing import Any
 
 from audit_watch.channels.base import Channel, DeliveryResult, Notification, short_error
 from audit_watch.config import EmailChannel
 
 log = logging.getLogger(__name__)
+
+
+def build_message(
+    payload: Mapping[str, Any], *, sender: str, to: Sequence[str], cc: Sequence[str] = (),
+    date: datetime | None = None, headers: Mapping[str, str] | None = None,
+) -> EmailMessage:
+    """The message of a payload ``{"subject", "text", "html", "message_id"}``.
+
+    A report's payload also has ``attachments``: ``[{"filename", "content_type",
+    "cid", "data"}]`` with ``data`` in base64. One with a ``cid`` is shown by the
+    HTML (``cid:`` references): it goes into a multipart/related with the HTML
+    part. The others are attached, and the message becomes
+    multipart/mixed( alternative( text, related( html, images ) ), files ).
+    """
+    message = EmailMessage()
+    message["Subject"] = payload["subject"]
+    message["From"] = sender
+    message["To"] = ", ".join(to)
+    if cc:
+        message["Cc"] = ", ".join(cc)
+    if date is not None:
+        message["Date"] = format_datetime(date)
+    if payload.get("message_id"):
+        message["Message-ID"] = payload["message_id"]
+    for key, value in (headers or {}).items():
+        message[key] = value
+    message.set_content(payload["text"])
+    message.add_alternative(payload["html"], subtype="html")
+    attachments = list(payload.get("attachments") or ())
+    if attachments:
+        html_part: EmailMessage = message.get_payload()[-1]  # type: ignore[index, assignment]
+        for item in attachments:
+            if item.get("cid"):
+                maintype, subtype = _content_type(item)
+                html_part.add_related(base64.b64decode(item["data"]), maintype, subtype, cid=f"<{item['cid']}>",
+                                      filename=item["filename"], disposition="inline")
+        for item in attachments:
+            if not item.get("cid"):
+                maintype, subtype = _content_type(item)
+                message.add_attachment(base64.b64decode(item["data"]), maintype=maintype, subtype=subtype,
+                                       filename=item["filename"])
+    return message
+
+
+def _content_type(item: Mapping[str, Any]) -> tuple[str, str]:
+    maintype, _, subtype = str(item.get("content_type") or "application/octet-stream").partition("/")
+    return maintype, subtype or "octet-stream"
 
 
 class EmailSender(Channel):
@@ -31,24 +86,18 @@ class EmailSender(Channel):
         self.ssl_context = ssl_context
 
     def build(self, notification: Notification) -> EmailMessage:
-        payload = notification.payload
-        message = EmailMessage()
-        message["Subject"] = payload["subject"]
-        message["From"] = self.config.from_
-        message["To"] = ", ".join(self.config.to)
-        if self.config.cc:
-            message["Cc"] = ", ".join(self.config.cc)
-        message["Date"] = format_datetime(notification.created_at)
-        message["Message-ID"] = payload["message_id"]
+        headers: dict[str, str] = {}
         parent_id = (notification.parent_ref or {}).get("message_id")
         if parent_id and notification.kind != "firing":
-            message["In-Reply-To"] = parent_id
-            message["References"] = parent_id
-        message["Auto-Submitted"] = "auto-generated"
-        message["X-Audit-Watch-Rule"] = notification.rule
-        message.set_content(payload["text"])
-        message.add_alternative(payload["html"], subtype="html")
-        return message
+            headers["In-Reply-To"] = parent_id
+            headers["References"] = parent_id
+        headers["Auto-Submitted"] = "auto-generated"
+        if notification.kind == "report":
+            headers["X-Audit-Watch-Report"] = notification.rule
+        else:
+            headers["X-Audit-Watch-Rule"] = notification.rule
+        return build_message(notification.payload, sender=self.config.from_, to=self.config.to, cc=self.config.cc,
+                             date=notification.created_at, headers=headers)
 
     def _connect(self) -> smtplib.SMTP:
         cfg = self.config
@@ -123,4 +172,4 @@ class EmailSender(Channel):
         except (OSError, smtplib.SMTPException) as exc:
             return DeliveryResult.retry(f"SMTP server disconnected: {short_error(exc)}")
         note = f"some recipients refused: {refused}" if refused else None
-        return DeliveryResult.delivered({"message_id": notification.payload["message_id"]}, note=note)
+        return DeliveryResult.delivered({"message_id": notification.payload.get("message_id")}, note=note)

@@ -2,12 +2,15 @@
 
 Names sort by time and stay stable across retries:
 ``20261120T093000Z-00000042-failed-job-spike-firing.json`` (queue time, outbox
-id, rule, kind). Files are written to a temporary name and renamed, so a reader
-never sees half a file.
+id, rule, kind). A report (kind ``report``) also leaves its HTML
+(``<stem>.html``) and, when it has one, its evidence CSV
+(``<stem>.evidence.csv``). Files are written to a temporary name and renamed,
+so a reader never sees half a file.
 """
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import re
@@ -34,6 +37,7 @@ class FileSender(Channel):
 
     def send(self, notification: Notification) -> DeliveryResult:
         stem = file_stem(notification)
+        payload = notification.payload
         written: list[str] = []
         try:
             self.folder.mkdir(parents=True, exist_ok=True)
@@ -41,18 +45,34 @@ class FileSender(Channel):
                 document: dict[str, Any] = {
                     "id": notification.id, "channel": notification.channel, "rule": notification.rule,
                     "kind": notification.kind, "created_at": notification.created_at.isoformat(),
-                    "title": notification.payload.get("title"), "alerts": notification.payload.get("alerts", []),
+                    "title": payload.get("title"), "alerts": payload.get("alerts", []),
                 }
+                if "report" in payload:
+                    document["report"] = payload["report"]
                 written.append(self._write(stem + ".json", json.dumps(document, indent=2, ensure_ascii=False) + "\n"))
             if self.config.format in ("text", "both"):
-                written.append(self._write(stem + ".txt", notification.payload.get("text", "").rstrip("\n") + "\n"))
+                written.append(self._write(stem + ".txt", payload.get("text", "").rstrip("\n") + "\n"))
+            if payload.get("html"):
+                written.append(self._write(stem + ".html", payload["html"]))
+            for item in payload.get("attachments") or ():
+                written.append(self._write(stem + _attachment_suffix(item), base64.b64decode(item["data"])))
         except OSError as exc:
             return DeliveryResult.retry(f"cannot write to {self.folder}: {short_error(exc)}")
         return DeliveryResult.delivered({"files": written})
 
-    def _write(self, name: str, content: str) -> str:
+    def _write(self, name: str, content: str | bytes) -> str:
         target = self.folder / name
         temporary = self.folder / f".{name}.tmp"
-        temporary.write_text(content, encoding="utf-8")
+        if isinstance(content, str):
+            temporary.write_text(content, encoding="utf-8")
+        else:
+            temporary.write_bytes(content)
         os.replace(temporary, target)
         return str(target)
+
+
+def _attachment_suffix(item: dict[str, Any]) -> str:
+    """``.evidence.csv`` for a report's evidence, else ``.`` and the file's own (safe) name."""
+    if item.get("content_type") == "text/csv":
+        return ".evidence.csv"
+    return "." + (_UNSAFE.sub("-", str(item.get("filename") or "")).strip("-.")[:80] or "attachment")

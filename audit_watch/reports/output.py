@@ -2,16 +2,20 @@
 
 ``write_report`` writes one format to a file (or returns it for stdout), or
 every format plus the evidence CSV into a folder (what ``compliance --out DIR``
-asks for). ``email_message`` builds the multipart message the outbox sends:
-text, HTML with the charts inline by Content-ID, and the evidence CSV attached.
+asks for). ``email_payload`` is what the outbox stores for an e-mail channel
+(see :mod:`audit_watch.reports.delivery`); ``email_message`` is the message the
+e-mail channel builds from it: text, HTML with the charts inline by Content-ID,
+and the evidence CSV attached.
 """
 
 from __future__ import annotations
 
+import base64
 import re
 from dataclasses import dataclass, field
 from datetime import datetime
 from email.message import EmailMessage
+from email.utils import make_msgid
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +31,11 @@ class Attachment:
     content_type: str            # "image/png", "text/csv"
     data: bytes
     cid: str | None = None       # set for images shown inline in the e-mail
+
+    def to_json(self) -> dict[str, Any]:
+        """What an outbox payload carries (``data`` in base64)."""
+        return {"filename": self.filename, "content_type": self.content_type, "cid": self.cid,
+                "data": base64.b64encode(self.data).decode("ascii")}
 
 
 @dataclass
@@ -111,27 +120,32 @@ def write_report(result: ReportResult, fmt: str = "text", out: str | Path | None
     return written
 
 
-def email_message(result: ReportResult, sender: str, to: list[str] | tuple[str, ...],
-                  cc: list[str] | tuple[str, ...] = (), css_inline: bool = True) -> EmailMessage:
-    """multipart/mixed( alternative( text, related( html, PNGs by Content-ID ) ), evidence CSV )."""
-    message = EmailMessage()
-    message["Subject"] = f"{result.title} — {result.period.describe()}"
-    message["From"] = sender
-    message["To"] = ", ".join(to)
-    if cc:
-        message["Cc"] = ", ".join(cc)
-    message.set_content(result.text)
+def email_payload(result: ReportResult, sender: str, css_inline: bool = True) -> dict[str, Any]:
+    """The e-mail of a report as the outbox stores it: subject, text, HTML (CSS
+    inlined), a Message-ID in the sender's domain, and every attachment (the
+    charts with their Content-IDs, the evidence CSV)."""
     html = result.email_html
     if css_inline:
         import css_inline as inliner
 
         html = inliner.CSSInliner(load_remote_stylesheets=False).inline(html)
-    message.add_alternative(html, subtype="html")
-    html_part: EmailMessage = message.get_payload()[-1]  # type: ignore[index, assignment]
-    for chart in result.charts:
-        html_part.add_related(chart.data, "image", "png", cid=f"<{chart.cid}>", filename=chart.filename,
-                              disposition="inline")
-    if result.evidence is not None:
-        message.add_attachment(result.evidence.data, maintype="text", subtype="csv",
-                               filename=result.evidence.filename)
-    return message
+    domain = sender.rpartition("@")[2] or "audit-watch.local"
+    return {
+        "title": result.title,
+        "subject": " ".join(f"{result.title} — {result.period.describe()}".split())[:250],
+        "text": result.text,
+        "html": html,
+        "message_id": make_msgid("audit-watch", domain=domain),
+        "attachments": [a.to_json() for a in result.attachments],
+    }
+
+
+def email_message(result: ReportResult, sender: str, to: list[str] | tuple[str, ...],
+                  cc: list[str] | tuple[str, ...] = (), css_inline: bool = True) -> EmailMessage:
+    """multipart/mixed( alternative( text, related( html, PNGs by Content-ID ) ), evidence CSV ):
+    the message the e-mail channel sends for :func:`email_payload`."""
+    from audit_watch.channels.email import build_message
+
+    headers = {"Auto-Submitted": "auto-generated", "X-Audit-Watch-Report": result.name}
+    return build_message(email_payload(result, sender, css_inline), sender=sender, to=to, cc=cc,
+                         date=result.generated_at, headers=headers)
