@@ -8,6 +8,7 @@ the daemon call these functions::
     period = period_for(definition, config, now=now)               # or start=, end=
     result = build_report(definition, src, config, period, Scope(user=email))
     write_report(result, "html", out)                              # or email_message(result, ...)
+    queue_report(state, config, result, definition.channels, now)  # to its channels, through the outbox
 """
 
 from __future__ import annotations
@@ -21,10 +22,13 @@ from typing import Any
 
 from audit_watch.config import Config
 from audit_watch.reports import compliance, token_usage, triage, weekly_digest
+from audit_watch.reports.delivery import enqueue_report, queue_report, report_payload
 from audit_watch.reports.inputs import AlertActivity, ReportData, ReportInputs
 from audit_watch.reports.loader import LoadedReport, find_report, report_definitions
 from audit_watch.reports.model import REPORT_NAMES, ReportDefinitionBase, default_definition
-from audit_watch.reports.output import Attachment, ReportResult, email_message, file_basename, write_report
+from audit_watch.reports.output import (
+    Attachment, ReportResult, email_message, email_payload, file_basename, write_report,
+)
 from audit_watch.reports.periods import Period, report_period
 from audit_watch.reports.render_report import MEDIA, render, template_folders
 from audit_watch.reports.scope import ResolvedScope, Scope, resolve_scope
@@ -143,6 +147,7 @@ def run_report(name: str, src: AuditSource, config: Config, *, now: datetime, st
 
 __all__ = [
     "REPORTS", "REPORT_NAMES", "AlertActivity", "Attachment", "LoadedReport", "Period", "ReportKind",
-    "ReportResult", "Scope", "build_report", "default_definition", "email_message", "find_report",
-    "period_for", "report_definitions", "report_period", "run_report", "write_report",
+    "ReportResult", "Scope", "build_report", "default_definition", "email_message", "email_payload",
+    "enqueue_report", "find_report", "period_for", "queue_report", "report_definitions", "report_payload",
+    "report_period", "run_report", "write_report",
 ]

@@ -1,0 +1,128 @@
+"""Reports through the outbox: the same durable delivery as alerts.
+
+A report is rendered once (:func:`audit_watch.reports.build_report`); queueing
+it renders one payload per channel and stores it in the outbox row (kind
+``report``, rule = the report's name, no fingerprints), so a delivery retried
+tomorrow sends what was built today. :func:`audit_watch.pipeline.deliver_due`
+then sends it like any notification. Payloads, all plain JSON:
+
+* slack / slack_webhook: ``{"title", "text", "blocks"}``: a header with the
+  report's title, its short Slack rendering (mrkdwn, escaped by the templates)
+  in sections within Slack's limits, and a context line with the period;
+  ``text`` (the notification's fallback) is the title and the period;
+* email: ``{"title", "subject", "text", "html", "message_id", "attachments"}``:
+  the whole report e-mail (:func:`audit_watch.reports.output.email_payload`),
+  HTML with CSS inlined, the charts inline by Content-ID and the evidence CSV
+  attached (``attachments`` hold base64 data);
+* file: ``{"title", "text", "html", "attachments"}``: the text, the standalone
+  HTML (charts as ``data:`` URIs) and the evidence CSV when there is one.
+
+Every payload also carries ``"report"``: the name, kind, period and scope.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy.engine import Connection
+
+from audit_watch.channels.slack_blocks import MAX_TEXT, Section, build_message
+from audit_watch.config import Config, EmailChannel, FileChannel, SlackChannel, SlackWebhookChannel
+from audit_watch.outbox import DeliveryPolicy, enqueue
+from audit_watch.reports.output import ReportResult, email_payload
+from audit_watch.reports.render_report import escape_slack
+from audit_watch.state import StateStore
+
+ChannelConfig = SlackChannel | SlackWebhookChannel | EmailChannel | FileChannel
+
+_BLANK_LINES = re.compile(r"\n[ \t]*\n")
+
+
+def report_payload(channel: ChannelConfig, result: ReportResult) -> dict[str, Any]:
+    """What one channel receives for ``result`` (see the module doc)."""
+    if isinstance(channel, (SlackChannel, SlackWebhookChannel)):
+        payload = _slack_payload(result)
+    elif isinstance(channel, EmailChannel):
+        payload = email_payload(result, channel.from_)
+    elif isinstance(channel, FileChannel):
+        payload = {"title": result.title, "text": result.text, "html": result.html,
+                   "attachments": [result.evidence.to_json()] if result.evidence is not None else []}
+    else:
+        raise TypeError(f"unknown channel type {type(channel).__name__}")
+    payload["report"] = _about(result)
+    return payload
+
+
+def enqueue_report(conn: Connection, config: Config, result: ReportResult, channels: Sequence[str], now: datetime,
+                   policy: DeliveryPolicy) -> list[int]:
+    """Queue ``result`` for each of ``channels`` inside the caller's transaction:
+    one outbox row per channel (kind ``report``, rule = the report's name, no
+    fingerprints). Returns the outbox ids in the order of ``channels`` (each
+    channel once).
+
+    Raises ValueError naming the unknown channels (and the configured ones)
+    before anything is queued.
+    """
+    names = list(dict.fromkeys(channels))
+    unknown = [name for name in names if name not in config.channels]
+    if unknown:
+        known = ", ".join(sorted(config.channels)) or "none are configured"
+        listed = ", ".join(repr(name) for name in unknown)
+        raise ValueError(f"unknown channel{'s' if len(unknown) > 1 else ''} {listed} (channels: {known})")
+    payloads = [(name, report_payload(config.channels[name], result)) for name in names]
+    return [
+        enqueue(conn, channel=name, kind="report", rule=result.name, fingerprints=[], payload=payload, now=now,
+                policy=policy)
+        for name, payload in payloads
+    ]
+
+
+def queue_report(state: StateStore, config: Config, result: ReportResult, channels: Sequence[str], now: datetime,
+                 policy: DeliveryPolicy | None = None) -> list[int]:
+    """:func:`enqueue_report` in one write transaction of its own; the policy
+    defaults to the config's ``delivery:``."""
+    policy = policy or DeliveryPolicy.from_config(config.delivery)
+    with state.write() as conn:
+        return enqueue_report(conn, config, result, channels, now, policy)
+
+
+def _about(result: ReportResult) -> dict[str, Any]:
+    period = result.period
+    return {
+        "name": result.name, "kind": result.report, "title": result.title,
+        "period": {"start": period.start.isoformat(), "end": period.end.isoformat(),
+                   "timezone": period.timezone, "description": period.describe()},
+        "scope": result.scope.label, "generated_at": result.generated_at.isoformat(),
+    }
+
+
+def _slack_payload(result: ReportResult) -> dict[str, Any]:
+    title = " ".join(result.title.split())
+    period = escape_slack(result.period.describe())
+    sections = [Section(chunk) for chunk in _sections(result.slack)]
+    context = [f"Report *{escape_slack(result.name)}* · {period} · audit-watch"]
+    message = build_message(title, None, sections, context, f"{escape_slack(title)} · {period}",
+                            more_label="sections")
+    return {"title": result.title, **message}
+
+
+def _sections(mrkdwn: str) -> list[str]:
+    """The body's paragraphs (split at blank lines), each cut at whole lines
+    into pieces that fit a section, so that nothing is lost to the limit."""
+    pieces: list[str] = []
+    for paragraph in _BLANK_LINES.split(mrkdwn.strip("\n")):
+        current: list[str] = []
+        size = 0
+        for line in paragraph.strip("\n").split("\n"):
+            extra = len(line) + (1 if current else 0)
+            if current and size + extra > MAX_TEXT:
+                pieces.append("\n".join(current))
+                current, size, extra = [], 0, len(line)
+            current.append(line)
+            size += extra
+        if current and any(line.strip() for line in current):
+            pieces.append("\n".join(current))
+    return pieces
