@@ -402,12 +402,19 @@ REPORT_CHOICES = ("weekly-digest", "compliance", "token-usage", "triage")
 @click.option("--now", type=TS, help="Evaluate the report's period as of this time; default: now.")
 @click.option("--format", "fmt", type=click.Choice(["text", "html", "markdown"]), default="text", show_default=True)
 @click.option("--out", type=click.Path(), help="A file; for compliance a folder (HTML, text, evidence CSV).")
+@click.option("--channel", "channel_names", multiple=True, metavar="NAME",
+              help="Deliver to this channel instead of the definition's; repeatable.")
 @click.option("--dry-run", is_flag=True, help="Render only; deliver nothing.")
 @common_options
 def report(settings: Settings, name: str, user: str | None, team: str | None, start: datetime | None,
-           end: datetime | None, now: datetime | None, fmt: str, out: str | None, dry_run: bool) -> None:
-    """Render a report now: weekly-digest, compliance, token-usage, triage, or a defined report's name."""
-    from audit_watch.reports import report_definitions, run_report
+           end: datetime | None, now: datetime | None, fmt: str, out: str | None, channel_names: tuple[str, ...],
+           dry_run: bool) -> None:
+    """Render a report now: weekly-digest, compliance, token-usage, triage, or a defined report's name.
+
+    A report whose definition names channels (or with --channel) is then queued
+    in the outbox and delivered at once; failures are retried by `audit-watch run`.
+    """
+    from audit_watch.reports import find_report, report_definitions, run_report
 
     if user and team:
         raise click.BadParameter("give --user or --team, not both", param_hint="--user")
@@ -416,12 +423,20 @@ def report(settings: Settings, name: str, user: str | None, team: str | None, st
     if start is not None and now is not None:
         raise click.BadParameter("give --from/--to or --now, not both", param_hint="--now")
     config = settings.config
+    unknown = [c for c in dict.fromkeys(channel_names) if c not in config.channels]
+    if unknown:
+        known = ", ".join(sorted(config.channels)) or "none are configured"
+        listed = ", ".join(repr(c) for c in unknown)
+        raise click.BadParameter(f"unknown channel{'s' if len(unknown) > 1 else ''} {listed} (channels: {known})",
+                                 param_hint="--channel")
+    moment = _now(now)
     definitions, problems = report_definitions(config.report_paths, config.channels)
     for problem in problems:
         click.echo(f"report definition skipped: {problem}", err=True)
+    channels = tuple(dict.fromkeys(channel_names or find_report(name, definitions).channels))
     src = _source(settings)
     try:
-        result = run_report(name, src, config, now=_now(now), start=start, end=end, user=user, team=team,
+        result = run_report(name, src, config, now=moment, start=start, end=end, user=user, team=team,
                             definitions=definitions, alerts=_alert_activity(config))
     finally:
         src.engine.dispose()
@@ -431,6 +446,54 @@ def report(settings: Settings, name: str, user: str | None, team: str | None, st
     else:
         for path in written:
             click.echo(f"wrote {path}", err=True)
+    if not channels:
+        return
+    if dry_run:
+        click.echo(f"dry run: {result.name} not queued for {', '.join(channels)}", err=True)
+        return
+    sys.exit(_deliver_report(config, result, channels, moment))
+
+
+def _deliver_report(config: Config, result: Any, channels: tuple[str, ...], now: datetime) -> int:
+    """Queue the report for ``channels``, run one delivery pass, say how each went.
+    Exit 1 when a delivery is dead."""
+    from sqlalchemy import select
+
+    from audit_watch import ledger
+    from audit_watch.outbox import DeliveryPolicy
+    from audit_watch.pipeline import deliver_due
+    from audit_watch.reports import queue_report
+    from audit_watch.state import StateStore, outbox
+
+    policy = DeliveryPolicy.from_config(config.delivery)
+    state = StateStore.from_config(config)
+    try:
+        ledger.ensure_ledger_schema(state)
+        ids = queue_report(state, config, result, channels, now, policy)
+        # A registered pass, as the daemon's: its `now` is unique among the replicas' passes.
+        at = ledger.open_delivery_run(state, "report-" + ledger.new_replica_id(), now)
+        try:
+            deliver_due(config, state, at, policy=policy)
+        finally:
+            ledger.close_delivery_run(state, at)
+        with state.read() as conn:
+            rows = conn.execute(select(outbox).where(outbox.c.id.in_(ids)).order_by(outbox.c.id)).all()
+    finally:
+        state.close()
+    dead = False
+    for row in rows:
+        head = f"{result.name} to {row.channel}"
+        if row.status == "delivered":
+            click.echo(f"{head}: delivered", err=True)
+        elif row.status == "dead":
+            dead = True
+            click.echo(f"{head}: dead: {row.last_error}", err=True)
+        elif row.status == "retrying":
+            click.echo(f"{head}: retrying at {row.next_attempt_at:%Y-%m-%d %H:%M:%S} UTC ({row.last_error}); "
+                       "the outbox keeps it: `audit-watch run` delivers it later", err=True)
+        else:  # queued or sending: another audit-watch is delivering it
+            click.echo(f"{head}: {row.status} in the outbox (id {row.id}): `audit-watch run` delivers it", err=True)
+    return EXIT_FAILED if dead else EXIT_OK
 
 
 def _write_report(result: Any, fmt: str, out: str | None) -> Any:
