@@ -111,8 +111,12 @@ def main(ctx: click.Context, config_path: str | None, source_url: str | None, lo
     settings.log_level = logging.getLevelName(log_level.upper()) if log_level else None
 
 
+def wall_clock() -> datetime:
+    return datetime.now(timezone.utc)
+
+
 def _now(value: datetime | None) -> datetime:
-    return value or datetime.now(timezone.utc)
+    return value or wall_clock()
 
 
 def _source(settings: Settings) -> Any:
@@ -414,7 +418,7 @@ def report(settings: Settings, name: str, user: str | None, team: str | None, st
     A report whose definition names channels (or with --channel) is then queued
     in the outbox and delivered at once; failures are retried by `audit-watch run`.
     """
-    from audit_watch.reports import find_report, report_definitions, run_report
+    from audit_watch.reports import check_report_channels, find_report, report_definitions, run_report
 
     if user and team:
         raise click.BadParameter("give --user or --team, not both", param_hint="--user")
@@ -423,12 +427,10 @@ def report(settings: Settings, name: str, user: str | None, team: str | None, st
     if start is not None and now is not None:
         raise click.BadParameter("give --from/--to or --now, not both", param_hint="--now")
     config = settings.config
-    unknown = [c for c in dict.fromkeys(channel_names) if c not in config.channels]
-    if unknown:
-        known = ", ".join(sorted(config.channels)) or "none are configured"
-        listed = ", ".join(repr(c) for c in unknown)
-        raise click.BadParameter(f"unknown channel{'s' if len(unknown) > 1 else ''} {listed} (channels: {known})",
-                                 param_hint="--channel")
+    try:
+        check_report_channels(config, channel_names)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--channel") from None
     moment = _now(now)
     definitions, problems = report_definitions(config.report_paths, config.channels)
     for problem in problems:
@@ -451,7 +453,8 @@ def report(settings: Settings, name: str, user: str | None, team: str | None, st
     if dry_run:
         click.echo(f"dry run: {result.name} not queued for {', '.join(channels)}", err=True)
         return
-    sys.exit(_deliver_report(config, result, channels, moment))
+    # Queued and sent at the wall-clock time: --now places the report's period, not its delivery.
+    sys.exit(_deliver_report(config, result, channels, wall_clock()))
 
 
 def _deliver_report(config: Config, result: Any, channels: tuple[str, ...], now: datetime) -> int:
@@ -504,7 +507,7 @@ def _write_report(result: Any, fmt: str, out: str | None) -> Any:
 
 def _alert_activity(config: Config) -> list[Any]:
     """Alerts of the state database for the digest; none when there is no state yet."""
-    from audit_watch.reports import AlertActivity
+    from audit_watch.report_jobs import alert_activity
     from audit_watch.state import StateStore
 
     try:
@@ -512,14 +515,7 @@ def _alert_activity(config: Config) -> list[Any]:
     except Exception:  # noqa: BLE001 - a report must not need the daemon's database
         return []
     try:
-        from audit_watch.pipeline import alerts_table
-
-        return [
-            AlertActivity(rule=r.rule, group=str(r.group), severity=r.severity, fired_at=r.fired_at,
-                          resolved_at=r.resolved_at, value=r.value if isinstance(r.value, (int, float)) else None,
-                          link=r.list_link)
-            for r in alerts_table(state) if r.fired_at is not None
-        ]
+        return alert_activity(state)
     finally:
         state.close()
 

@@ -11,7 +11,6 @@ import dataclasses
 import json
 import random
 import re
-import threading
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -45,8 +44,11 @@ channels: [slack, mail, archive]
 
 
 @pytest.fixture
-def config_file(tmp_path: Path, seeded: Any, state_url: str, fake: FakeSlack, smtp: SmtpServer) -> Path:
-    """audit-watch.yaml: the generated store, the state under test, the three kinds of channel."""
+def config_file(tmp_path: Path, seeded: Any, state_url: str, fake: FakeSlack, smtp: SmtpServer,
+                monkeypatch: pytest.MonkeyPatch) -> Path:
+    """audit-watch.yaml: the generated store, the state under test, the three kinds of channel.
+    The command's wall clock (when it queues and delivers) is the end of the data."""
+    monkeypatch.setattr("audit_watch.cli.wall_clock", lambda: END)
     _, db = seeded
     source = db.execute("PRAGMA database_list").fetchone()[2]
     (tmp_path / "reports").mkdir()
@@ -85,15 +87,6 @@ def expected(config_file: Path, name: str, **scope: Any) -> ReportResult:
         src.engine.dispose()
 
 
-def calls(fake: FakeSlack, method: str, ok_only: bool = False) -> list[dict[str, Any]]:
-    """``fake.calls`` once the fake's request threads have finished: it records a
-    request after answering it, so the client can return before the record."""
-    for thread in threading.enumerate():
-        if thread.name.endswith("(process_request_thread)"):   # ThreadingHTTPServer's request threads
-            thread.join(timeout=10)
-    return fake.calls(method, ok_only)
-
-
 def section_texts(blocks: list[dict[str, Any]]) -> str:
     return "\n".join(b["text"]["text"] for b in blocks if b["type"] == "section")
 
@@ -112,7 +105,7 @@ def test_weekly_digest_goes_to_slack_email_and_files(config_file: Path, fake: Fa
     period = want.period.describe()
     jobs = want.context["jobs"]
 
-    [post] = calls(fake, "chat.postMessage")
+    [post] = fake.calls("chat.postMessage")
     assert post["channel"] == "#reports" and post["text"] == f"Weekly digest · {period}"
     header, *sections, context = post["blocks"]
     assert header == {"type": "header", "text": {"type": "plain_text", "text": "Weekly digest", "emoji": True}}
@@ -190,10 +183,22 @@ def test_slack_rate_limit_leaves_it_retrying_then_one_post(config_file: Path, fa
     assert deliver_due(config, state, END + timedelta(seconds=1), rng=random.Random(1)).attempted == 0
     assert deliver_due(config, state, END + timedelta(seconds=3), rng=random.Random(1)).delivered == 1
     assert deliver_due(config, state, END + timedelta(hours=1), rng=random.Random(1)).attempted == 0
-    assert len(calls(fake, "chat.postMessage")) == 2
-    [post] = calls(fake, "chat.postMessage", ok_only=True)
+    assert len(fake.calls("chat.postMessage")) == 2
+    [post] = fake.calls("chat.postMessage", ok_only=True)
     assert post["blocks"][0]["text"]["text"] == "Weekly digest"
     assert [e.status for e in list_entries(state, ["delivered"])] == ["delivered"]
+
+
+def test_a_report_of_an_old_period_is_queued_at_the_wall_clock(config_file: Path, fake: FakeSlack,
+                                                               state: StateStore) -> None:  # noqa: F811
+    # --now places the period; the delivery's own times (and its give-up time) run from now.
+    fake.script("chat.postMessage", rate_limited(2))
+    result = CliRunner().invoke(main, ["--config", str(config_file), "report", "weekly-digest", "--channel", "slack",
+                                       "--now", "2026-10-01T00:00:00Z"])
+    assert result.exit_code == 0, result.output
+    [entry] = list_entries(state)
+    assert entry.status == "retrying" and entry.created_at == END
+    assert entry.give_up_at == END + load_config(config_file).delivery.max_age
 
 
 def test_a_permanent_slack_error_is_dead_and_fails_the_command(config_file: Path, fake: FakeSlack,
@@ -242,7 +247,7 @@ def test_queue_report_to_a_webhook_then_deliver(config_file: Path, fake: FakeSla
     ids = queue_report(state, config, digest, ["hook", "hook"], END)
     assert len(ids) == 1
     assert deliver_due(config, state, END).delivered == 1
-    [body] = calls(fake, "webhook")
+    [body] = fake.calls("webhook")
     assert body["blocks"][0]["text"]["text"] == "Weekly digest" and body["text"].startswith("Weekly digest · ")
 
 

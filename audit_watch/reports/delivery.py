@@ -56,6 +56,17 @@ def report_payload(channel: ChannelConfig, result: ReportResult) -> dict[str, An
     return payload
 
 
+def check_report_channels(config: Config, channels: Sequence[str]) -> list[str]:
+    """The channel names, each once; ValueError naming the unknown ones (and the configured)."""
+    names = list(dict.fromkeys(channels))
+    unknown = [name for name in names if name not in config.channels]
+    if unknown:
+        known = ", ".join(sorted(config.channels)) or "none are configured"
+        listed = ", ".join(repr(name) for name in unknown)
+        raise ValueError(f"unknown channel{'s' if len(unknown) > 1 else ''} {listed} (channels: {known})")
+    return names
+
+
 def enqueue_report(conn: Connection, config: Config, result: ReportResult, channels: Sequence[str], now: datetime,
                    policy: DeliveryPolicy) -> list[int]:
     """Queue ``result`` for each of ``channels`` inside the caller's transaction:
@@ -66,12 +77,7 @@ def enqueue_report(conn: Connection, config: Config, result: ReportResult, chann
     Raises ValueError naming the unknown channels (and the configured ones)
     before anything is queued.
     """
-    names = list(dict.fromkeys(channels))
-    unknown = [name for name in names if name not in config.channels]
-    if unknown:
-        known = ", ".join(sorted(config.channels)) or "none are configured"
-        listed = ", ".join(repr(name) for name in unknown)
-        raise ValueError(f"unknown channel{'s' if len(unknown) > 1 else ''} {listed} (channels: {known})")
+    names = check_report_channels(config, channels)
     payloads = [(name, report_payload(config.channels[name], result)) for name in names]
     return [
         enqueue(conn, channel=name, kind="report", rule=result.name, fingerprints=[], payload=payload, now=now,
