@@ -8,6 +8,7 @@ falling back to success: ``chat.postMessage`` returns a channel id and a fresh `
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import json
 import threading
@@ -127,7 +128,11 @@ class FakeSlack:
                 reply = Reply(reply.status, self._success(method, body).body, reply.headers)
         payload = reply.body
         data = json.dumps(payload).encode() if isinstance(payload, dict) else str(payload or "").encode()
-        answered = reply.status
+        # Recorded before the answer goes out: a client that has its answer must find its
+        # request in ``requests`` (a test reading it right after a delivery, say).
+        record = Request(method, handler.path, dict(handler.headers.items()), body, reply.status)
+        with self._lock:
+            self.requests.append(record)
         try:
             handler.send_response(reply.status)
             content_type = "application/json; charset=utf-8" if isinstance(payload, dict) else "text/plain; charset=utf-8"
@@ -138,10 +143,9 @@ class FakeSlack:
             handler.end_headers()
             handler.wfile.write(data)
             handler.wfile.flush()
-        except OSError:
-            answered = 0  # the client went away before the answer
-        with self._lock:
-            self.requests.append(Request(method, handler.path, dict(handler.headers.items()), body, answered))
+        except OSError:  # the client went away before the answer
+            with self._lock:
+                self.requests[self.requests.index(record)] = dataclasses.replace(record, status=0)
 
     def _success(self, method: str, body: dict[str, Any]) -> Reply:
         if method == "webhook":
