@@ -19,7 +19,9 @@ from zoneinfo import ZoneInfo
 
 import pytest
 from sqlalchemy import select
-from test_daemon import Clock, Deployment, context, deployment, live, postgres_pair, stop, wait_for  # noqa: F401
+from test_daemon import (  # noqa: F401 - fixtures
+    Clock, Deployment, context, deployment, http_get, live, postgres_pair, stop, wait_for,
+)
 from test_ledger import state  # noqa: F401 - state with the ledger tables, both backends
 from test_state import T0, state_url  # noqa: F401
 
@@ -166,7 +168,7 @@ def test_run_sends_a_report_at_its_cron_minute_in_its_time_zone(live: Deployment
     config = live.config({}, reload_watch=False)
     _add_report(config, {"name": "ops-triage", "report": "triage", "period": "1h", "channels": ["oncall", "mail"],
                          "schedule": f"{local.minute} {local.hour} * * *", "timezone": "Asia/Kathmandu"})
-    proc, _, log_path = live.start(config)
+    proc, listen, log_path = live.start(config)
     posts = lambda: live.slack.calls("chat.postMessage")  # noqa: E731
     wait_for(lambda: posts() and live.smtp.received, (due - now).total_seconds() + 30, "the report")
     arrived = datetime.now(timezone.utc)
@@ -177,6 +179,7 @@ def test_run_sends_a_report_at_its_cron_minute_in_its_time_zone(live: Deployment
     assert "Triage" in mail.message["Subject"]
     [run] = live.ledger_rows(ledger.report_job("ops-triage"))
     assert (run.status, run.scheduled_for) == ("ok", due)
+    assert 'audit_watch_report_runs_total{report="ops-triage",result="ok"} 1.0' in http_get(listen, "/metrics")[1].decode()
     code, seconds = stop(proc)
     assert code == 0 and seconds < 10
     # A restart within catch_up finds the tick claimed: nothing is sent twice.
