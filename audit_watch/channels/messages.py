@@ -156,18 +156,23 @@ EMAIL_MAX_ROWS = 10
 FILE_MAX_ROWS = 20
 
 
+def email_fields(subject: str, text: str, html: str, sender: str, inline_css: bool = True) -> dict[str, Any]:
+    """What every e-mail payload holds: a one-line subject, the text, the HTML with its
+    CSS inlined (mail clients drop <style>), a Message-ID in the sender's domain."""
+    domain = sender.rpartition("@")[2] or "audit-watch.local"
+    return {
+        "subject": " ".join(subject.split())[:250],
+        "text": text,
+        "html": _INLINER.inline(html) if inline_css else html,
+        "message_id": make_msgid("audit-watch", domain=domain),
+    }
+
+
 def email_message(renderer: Renderer, ctx: MessageContext, channel: EmailChannel) -> dict[str, Any]:
     data = template_context(ctx, EMAIL_MAX_ROWS)
     names = _template_names(ctx)
-    subject = " ".join(renderer.render("subject", names, data).split())  # one line, always
-    html = _INLINER.inline(renderer.render("email_html", names, data))
-    domain = channel.from_.rpartition("@")[2] or "audit-watch.local"
-    return {
-        "subject": subject[:250],
-        "text": renderer.render("email_text", names, data) + "\n",
-        "html": html,
-        "message_id": make_msgid("audit-watch", domain=domain),
-    }
+    return email_fields(renderer.render("subject", names, data), renderer.render("email_text", names, data) + "\n",
+                        renderer.render("email_html", names, data), channel.from_)
 
 
 def update_message(renderer: Renderer, ctx: MessageContext, max_rows: int) -> dict[str, Any]:

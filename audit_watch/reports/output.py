@@ -15,10 +15,10 @@ import re
 from dataclasses import dataclass, field
 from datetime import datetime
 from email.message import EmailMessage
-from email.utils import make_msgid
 from pathlib import Path
 from typing import Any
 
+from audit_watch.channels.messages import email_fields
 from audit_watch.reports.periods import Period
 from audit_watch.reports.scope import ResolvedScope
 
@@ -124,20 +124,9 @@ def email_payload(result: ReportResult, sender: str, css_inline: bool = True) ->
     """The e-mail of a report as the outbox stores it: subject, text, HTML (CSS
     inlined), a Message-ID in the sender's domain, and every attachment (the
     charts with their Content-IDs, the evidence CSV)."""
-    html = result.email_html
-    if css_inline:
-        import css_inline as inliner
-
-        html = inliner.CSSInliner(load_remote_stylesheets=False).inline(html)
-    domain = sender.rpartition("@")[2] or "audit-watch.local"
-    return {
-        "title": result.title,
-        "subject": " ".join(f"{result.title} — {result.period.describe()}".split())[:250],
-        "text": result.text,
-        "html": html,
-        "message_id": make_msgid("audit-watch", domain=domain),
-        "attachments": [a.to_json() for a in result.attachments],
-    }
+    fields = email_fields(f"{result.title} — {result.period.describe()}", result.text, result.email_html, sender,
+                          css_inline)
+    return {"title": result.title, **fields, "attachments": [a.to_json() for a in result.attachments]}
 
 
 def email_message(result: ReportResult, sender: str, to: list[str] | tuple[str, ...],
