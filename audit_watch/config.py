@@ -153,7 +153,15 @@ class DaemonConfig(_Strict):
     freshness: FreshnessConfig = Field(default_factory=FreshnessConfig)
     reload_watch: bool = True
     workers: int = Field(default=8, ge=1, le=64)  # rule evaluations at once
+    # At least a day: a report's run stays claimed while it may still be sent late (catch_up <= 1d).
     ledger_retention: Duration = timedelta(days=3)
+
+    @field_validator("ledger_retention")
+    @classmethod
+    def _keep_a_day(cls, value: timedelta) -> timedelta:
+        if value < timedelta(days=1):
+            raise ValueError("keep the run ledger at least 1d (a late report is recognised by its claim)")
+        return value
 
     @field_validator("listen")
     @classmethod

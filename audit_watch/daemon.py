@@ -1,14 +1,16 @@
 """``audit-watch run``: the scheduler, signals, reload, replicas, graceful shutdown.
 
 One APScheduler ``BackgroundScheduler`` per process with a memory job store,
-rebuilt at start from the YAML: a job per rule at its tick, plus built-in jobs
-(delivery, freshness, heartbeat, reaping dead replicas, pruning). Which replica
-evaluates a (rule, tick) is decided by the run ledger (:mod:`audit_watch.ledger`),
-so N copies on one PostgreSQL state share the work.
+rebuilt at start from the YAML: a job per rule at its tick, a job per scheduled
+report at its cron time (:mod:`audit_watch.report_jobs`, on a pool of its own),
+plus built-in jobs (freshness, heartbeat, reaping dead replicas, pruning) and a
+delivery thread. Which replica runs a (rule, tick) or a (report, tick) is decided
+by the run ledger (:mod:`audit_watch.ledger`), so N copies on one PostgreSQL
+state share the work.
 
 Signal handlers only set events; reloading and stopping happen in the main loop.
-A reload that finds a problem in the config or in any rule file is refused as a
-whole (every problem logged as ``file:line: field: message``) and the running
+A reload that finds a problem in the config or in any rule or report file is
+refused as a whole (every problem logged as ``file:line: field: message``) and the running
 configuration stays. SIGTERM stops the scheduling, waits up to 8 s for the runs
 in flight, and exits 0.
 """
@@ -40,8 +42,7 @@ from audit_watch.report_jobs import run_report_tick
 from audit_watch.state import StateStore
 from audit_watch.runtime import Runtime, load_runtime, log_disconnects, watch_snapshot
 from audit_watch.schedules import TickPoolExecutor, interval_trigger, latest_tick, scheduled_time
-from audit_watch.self_alerts import builtin_rule
-from audit_watch.tick import deliver, orphaned_alert_rules, retire_rules, run_rule_tick, settle_orphans
+from audit_watch.tick import deliver, retire_idle, retire_rules, run_rule_tick, settle_orphans
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +50,7 @@ SHUTDOWN_TIMEOUT = 8.0                    # SIGTERM to exit stays under 10 s
 REPLICA_HEARTBEAT = 1.0                   # seconds between this replica's signs of life
 DEAD_AFTER = timedelta(seconds=6)         # a replica silent this long is presumed dead
 REAP_EVERY = timedelta(seconds=2)
+REPORT_WORKERS = 2                        # reports built at once (each apart from the rule workers)
 DELIVER_EVERY = 5.0                       # seconds; fresh notifications go out at once (a kick)
 WATCH_EVERY = 2.0                         # seconds between looks at the rule files
 STATE_ERROR_LOG_EVERY = 30.0              # one line per outage period, not one per rule tick
@@ -78,10 +80,12 @@ class Daemon:
         # Catch-up and take-over runs: not APScheduler "date" jobs, whose removal races
         # with shutdown() in APScheduler 3 (JobLookupError on the scheduler thread).
         self.one_offs: ThreadPoolExecutor | None = None
+        self.report_one_offs: ThreadPoolExecutor | None = None   # reports caught up or taken over
         self.evaluating: threading.BoundedSemaphore | None = None   # scheduled and one-off runs together
         self._delivery_due = threading.Event()
         self._last_state_error = 0.0
         self._snapshot: Any = None
+        self.load_problems = 0              # problems in rule/report files at the last load
         self._pending: Any = None
 
     # --- start ------------------------------------------------------------------------
@@ -103,7 +107,7 @@ class Daemon:
         runtime, problems = load_runtime(self.config_path, self.source_url, self.state, self.replica, self.clock,
                                          self.freshness.hold)
         for problem in problems:
-            log.error("rule skipped: %s", problem)
+            log.error("skipped: %s", problem)
         if runtime is None:
             return 2
         self.runtime = runtime
@@ -122,14 +126,15 @@ class Daemon:
         # A first look, so that rules are held from their first tick when the store is silent.
         self.metrics.record_reading(self.freshness.look(runtime.ctx.src, self.clock()))
         self.one_offs = ThreadPoolExecutor(runtime.config.daemon.workers, thread_name_prefix="one-off")
+        self.report_one_offs = ThreadPoolExecutor(REPORT_WORKERS, thread_name_prefix="report-one-off")
         self.evaluating = threading.BoundedSemaphore(runtime.config.daemon.workers)
         threading.Thread(target=self._delivery_loop, name="delivery", daemon=True).start()
         self.scheduler = self._build_scheduler(runtime)
         self.scheduler.start()
         self.health.scheduler_running = True
         self.metrics.scheduler_running.set(1)
-        if not problems:   # with a broken rule file, a missing rule may just be unreadable
-            self._retire_vanished(runtime)
+        self.load_problems = len(problems)
+        self._retire_vanished(runtime)
         self._catch_up(runtime, list(runtime.rules), list(runtime.reports))
         self._snapshot = watch_snapshot(runtime.config)
         log.info("audit-watch running as replica %s: %d rules, %d scheduled reports", self.replica,
@@ -138,7 +143,8 @@ class Daemon:
 
     def _build_scheduler(self, runtime: Runtime) -> BackgroundScheduler:
         scheduler = BackgroundScheduler(
-            executors={"default": TickPoolExecutor(runtime.config.daemon.workers), "internal": TickPoolExecutor(4)},
+            executors={"default": TickPoolExecutor(runtime.config.daemon.workers), "internal": TickPoolExecutor(4),
+                       "reports": TickPoolExecutor(REPORT_WORKERS)},
             job_defaults={"coalesce": True, "max_instances": 1}, timezone=timezone.utc,
         )
         scheduler.add_listener(self._on_skipped, EVENT_JOB_MISSED | EVENT_JOB_MAX_INSTANCES)
@@ -165,7 +171,8 @@ class Daemon:
         # A report that starts late still reports on the period of its own tick.
         assert self.scheduler is not None
         self.scheduler.add_job(self._report_job, runtime.report_triggers[name], args=[name], id=ledger.report_job(name),
-                               name=ledger.report_job(name), misfire_grace_time=None, replace_existing=True)
+                               name=ledger.report_job(name), executor="reports", misfire_grace_time=None,
+                               replace_existing=True)
 
     def _schedule_builtins(self, runtime: Runtime) -> None:
         assert self.scheduler is not None
@@ -194,22 +201,25 @@ class Daemon:
         assert self.one_offs is not None
         for name in names:
             self.one_offs.submit(self._rule_job, name, latest_tick(runtime.triggers[name], now))
+        assert self.report_one_offs is not None
         for name, tick in runtime.reports_due(now):
             if name in reports:
-                self.one_offs.submit(self._report_job, name, tick)
+                self.report_one_offs.submit(self._report_job, name, tick)
 
     def _retire_vanished(self, runtime: Runtime) -> None:
-        """Resolve (without notifying: the rule and its channels are unknown now) the open
-        alerts of rules that were removed while no daemon ran."""
+        """Resolve, quietly, the alerts of rules no replica evaluates any more (removed
+        while nothing ran): at start and hourly, unless the rule files had problems (a
+        rule that is missing may just be unreadable)."""
+        if self.load_problems:
+            return
         try:
-            names = orphaned_alert_rules(runtime.ctx.state, runtime.rules)
-            if names:
-                gone = [builtin_rule(name, f"Rule {name} is no longer configured.", ()) for name in names]
-                retire_rules(runtime.ctx, gone, self.clock())
-                log.warning("resolved the open alerts of %d rule(s) no longer configured: %s", len(names),
-                            ", ".join(names))
-        except Exception as exc:  # noqa: BLE001 - tried again at the next start
+            names = retire_idle(runtime.ctx, runtime.rules, self.clock())
+        except Exception as exc:  # noqa: BLE001 - tried again within the hour
             log.warning("could not resolve the alerts of removed rules: %s", short_error(exc))
+            return
+        if names:
+            log.warning("resolved the open alerts of %d rule(s) no longer configured: %s", len(names),
+                        ", ".join(names))
 
     # --- jobs ---------------------------------------------------------------------------
 
@@ -254,15 +264,14 @@ class Daemon:
         runtime = self.runtime
         if self.stop_requested.is_set() or runtime is None or name not in runtime.reports:
             return
-        assert self.evaluating is not None
-        with self._running(), self.evaluating:
-            if self.stop_requested.is_set():
-                return
+        # Not under the evaluation semaphore: a report waiting to retry must not hold up rules.
+        with self._running():
             tick = tick or scheduled_time() or latest_tick(runtime.report_triggers[name], self.clock())
             try:
                 outcome = run_report_tick(runtime.ctx, runtime.reports[name], tick, claimed=claimed,
                                           stopped=self.stop_requested.wait)
-            except Exception as exc:  # noqa: BLE001 - the state database: the claim is reaped or retried
+            except Exception as exc:  # noqa: BLE001 - the state database: the claim stays open
+                # Left claimed: after a restart a survivor (or this replica) takes it over within catch_up.
                 log.error("report %s at %s cannot be recorded (state database): %s", name, tick.isoformat(),
                           short_error(exc), extra={"report": name})
                 self.metrics.report_runs.labels(name, "failed").inc()
@@ -307,7 +316,7 @@ class Daemon:
                 for job, tick in settle_orphans(runtime.ctx, runtime, reaped, now):
                     report = ledger.report_name(job)
                     if report is not None:
-                        self.one_offs.submit(self._report_job, report, tick, True)  # type: ignore[union-attr]
+                        self.report_one_offs.submit(self._report_job, report, tick, True)  # type: ignore[union-attr]
                     else:
                         self.one_offs.submit(self._rule_job, job, tick, True)  # type: ignore[union-attr]
                 if reaped.released_outbox:
@@ -347,6 +356,7 @@ class Daemon:
         runtime, state = self.runtime, self.state
         if runtime is not None and state is not None:
             ledger.housekeeping(state, self.clock(), runtime.config.daemon.ledger_retention)
+            self._retire_vanished(runtime)
 
     def _on_skipped(self, event: JobExecutionEvent | JobSubmissionEvent) -> None:
         # On the scheduler's thread: keep it short.
@@ -427,6 +437,7 @@ class Daemon:
         self.health.set_rules(new.triggers)
         self.metrics.rules.set(len(new.rules))
         self.metrics.rule_problems.set(0)
+        self.load_problems = 0
         self.metrics.reloads.labels("applied").inc()
         self.metrics.reload_ok.set(1)
         self.metrics.reload_time.set(time.time())
@@ -445,8 +456,9 @@ class Daemon:
         deadline = time.monotonic() + SHUTDOWN_TIMEOUT
         if self.scheduler is not None and self.scheduler.running:
             self.scheduler.shutdown(wait=False)
-        if self.one_offs is not None:
-            self.one_offs.shutdown(wait=False, cancel_futures=True)
+        for pool in (self.one_offs, self.report_one_offs):
+            if pool is not None:
+                pool.shutdown(wait=False, cancel_futures=True)
         self.health.scheduler_running = False
         self.metrics.scheduler_running.set(0)
         while self._in_flight and time.monotonic() < deadline:

@@ -8,8 +8,10 @@ one transaction: a replica that dies half-way has queued nothing, and a report
 is never queued twice. Delivery is the outbox's (retries, backoff, dead rows).
 
 A tick missed while no replica ran is still sent at start when it is at most
-``catch_up`` old. A run that fails (the audit store is down) is tried again a
-few times within the same claim before its error is recorded.
+``catch_up`` old, and a run that starts later than that (or than ten minutes)
+is skipped. A run the audit store fails is tried again twice within the same
+claim before its error is recorded; a stopping daemon leaves it claimed, for a
+replica (or itself, restarted) to take over.
 """
 
 from __future__ import annotations
@@ -18,14 +20,17 @@ import logging
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
+from typing import Any
 from zoneinfo import ZoneInfo
+
+from sqlalchemy.exc import SQLAlchemyError
 
 from audit_watch import ledger
 from audit_watch.channels.base import short_error
 from audit_watch.pipeline import alerts_table
 from audit_watch.reports import build_report, period_for
-from audit_watch.reports.delivery import enqueue_report
+from audit_watch.reports.delivery import enqueue_report, report_payloads
 from audit_watch.reports.inputs import AlertActivity
 from audit_watch.reports.model import ReportDefinitionBase
 from audit_watch.schedules import CronScheduleTrigger
@@ -34,7 +39,8 @@ from audit_watch.tick import ELSEWHERE, TickContext
 
 log = logging.getLogger(__name__)
 
-RETRY_WAITS = (15.0, 60.0)    # seconds between the attempts of one failing run
+RETRY_WAITS = (15.0, 60.0)    # seconds between the attempts of a run the audit store failed
+ON_TIME = timedelta(minutes=10)   # a run this late (scheduler jitter, a busy pool) is not "late"
 
 
 def report_trigger(definition: ReportDefinitionBase, default_timezone: str) -> CronScheduleTrigger:
@@ -57,11 +63,21 @@ def alert_activity(state: StateStore) -> list[AlertActivity]:
     ]
 
 
+def allowed_lateness(definition: ReportDefinitionBase) -> timedelta:
+    """How late after its tick a run may still send the report."""
+    return max(definition.catch_up, ON_TIME)
+
+
+def _sleep(seconds: float) -> bool:
+    time.sleep(seconds)
+    return False
+
+
 @dataclass
 class ReportOutcome:
     name: str
     tick: datetime
-    status: str                                       # ok | error | elsewhere
+    status: str              # ok | error | elsewhere | late (past catch_up: not sent) | stopped (left claimed)
     queued: list[int] = field(default_factory=list)   # outbox ids
     error: str | None = None
     attempts: int = 0
@@ -69,49 +85,69 @@ class ReportOutcome:
 
 def run_report_tick(ctx: TickContext, definition: ReportDefinitionBase, tick: datetime, *, claimed: bool = False,
                     retry_waits: Sequence[float] = RETRY_WAITS,
-                    stopped: Callable[[float], bool] = lambda _: False) -> ReportOutcome:
+                    stopped: Callable[[float], bool] = _sleep) -> ReportOutcome:
     """Build and queue ``definition`` for ``tick`` if this replica wins the claim
     (``claimed``: it holds it already, taken over from a dead replica).
 
-    ``stopped(seconds)`` waits between attempts and answers True when the daemon is
-    stopping (then the error is recorded at once). Errors of the state database
-    itself are raised: nothing can be recorded then.
+    A failure of the audit store is tried again after each of ``retry_waits``;
+    ``stopped(seconds)`` waits and answers True when the daemon is stopping: the
+    claim is then left open, for a replica (or this one, restarted) to take over
+    within ``catch_up``. Anything else (an unknown user, a template error) is
+    recorded at once. Errors of the state database itself are raised: nothing can
+    be recorded then.
     """
-    job = ledger.report_job(definition.name)
+    name, job = definition.name, ledger.report_job(definition.name)
+    if ctx.clock() - tick > allowed_lateness(definition):
+        log.warning("report %s at %s skipped: more than catch_up (%s) late", name, tick.isoformat(),
+                    definition.catch_up, extra={"report": name})
+        return ReportOutcome(name, tick, "late")
     if not claimed and not ledger.claim(ctx.state, job, tick, ctx.replica, ctx.clock()):
-        return ReportOutcome(definition.name, tick, ELSEWHERE)
+        return ReportOutcome(name, tick, ELSEWHERE)
     started = time.monotonic()
-    error = ""
-    for attempt in range(1, len(retry_waits) + 2):
+    attempts = len(retry_waits) + 1
+    for attempt in range(1, attempts + 1):
         try:
-            period = period_for(definition, ctx.config, now=tick)
-            result = build_report(definition, ctx.src, ctx.config, period, alerts=alert_activity(ctx.state), now=tick)
+            payloads = _render(ctx, definition, tick)
+        except (SQLAlchemyError, OSError) as exc:   # the audit store (or the state, read): worth a retry
+            error = short_error(exc)
+            if attempt == attempts:
+                break
+            log.warning("report %s at %s failed (attempt %d of %d), trying again: %s", name, tick.isoformat(),
+                        attempt, attempts, error, extra={"report": name})
+            if stopped(retry_waits[attempt - 1]):
+                log.warning("report %s at %s: stopping; the run is left to be taken over", name, tick.isoformat())
+                return ReportOutcome(name, tick, "stopped", error=error, attempts=attempt)
+            continue
+        except Exception as exc:  # noqa: BLE001 - the same input fails the same way: recorded, not retried
+            error = short_error(exc)
+            break
+        try:
             with ctx.state.write() as conn:
-                queued = enqueue_report(conn, ctx.config, result, definition.channels, ctx.clock(), ctx.policy)
+                queued = enqueue_report(conn, name, payloads, ctx.clock(), ctx.policy)
                 if not ledger.finish_in(conn, job, tick, ctx.replica, ledger.OK, ctx.clock(),
                                         seconds=time.monotonic() - started, alerts=len(queued)):
-                    raise _TakenOver()
+                    raise _TakenOver()   # rolls the queueing back: the other replica sends it
         except _TakenOver:
-            log.warning("report %s at %s: another replica took this run over; not queued here",
-                        definition.name, tick.isoformat())
-            return ReportOutcome(definition.name, tick, ELSEWHERE, attempts=attempt)
-        except Exception as exc:  # noqa: BLE001 - the audit store, a template: tried again, then recorded
-            error = short_error(exc)
-            last = attempt > len(retry_waits)
-            log.warning("report %s at %s failed (attempt %d%s): %s", definition.name, tick.isoformat(), attempt,
-                        "" if last else ", trying again", error, extra={"report": definition.name})
-            if last or stopped(retry_waits[attempt - 1]):
-                break
-            continue
-        log.info("report %s for %s queued to %s", definition.name, period.describe(), ", ".join(definition.channels),
-                 extra={"report": definition.name})
-        return ReportOutcome(definition.name, tick, ledger.OK, queued, attempts=attempt)
+            log.warning("report %s at %s: another replica took this run over; not queued here", name,
+                        tick.isoformat())
+            return ReportOutcome(name, tick, ELSEWHERE, attempts=attempt)
+        log.info("report %s at %s queued to %s", name, tick.isoformat(), ", ".join(definition.channels),
+                 extra={"report": name})
+        return ReportOutcome(name, tick, ledger.OK, queued, attempts=attempt)
     ledger.finish(ctx.state, job, tick, ctx.replica, ledger.ERROR, ctx.clock(),
                   seconds=time.monotonic() - started, error=error)
-    log.error("report %s at %s not sent: %s", definition.name, tick.isoformat(), error,
-              extra={"report": definition.name})
-    return ReportOutcome(definition.name, tick, ledger.ERROR, error=error, attempts=attempt)
+    log.error("report %s at %s not sent: %s", name, tick.isoformat(), error, extra={"report": name})
+    return ReportOutcome(name, tick, ledger.ERROR, error=error, attempts=attempt)
+
+
+def _render(ctx: TickContext, definition: ReportDefinitionBase, tick: datetime) -> list[tuple[str, dict[str, Any]]]:
+    """The report for the period ending at ``tick``, rendered for each of its channels."""
+    period = period_for(definition, ctx.config, now=tick)
+    # Only the digest lists alerts; the others need not read the whole alert table.
+    alerts = alert_activity(ctx.state) if definition.report == "weekly-digest" else []
+    result = build_report(definition, ctx.src, ctx.config, period, alerts=alerts, now=tick)
+    return report_payloads(ctx.config, result, definition.channels)
 
 
 class _TakenOver(Exception):
-    """Rolls back the queueing when the claim is no longer ours."""
+    """Raised inside the transaction to roll the queueing back."""

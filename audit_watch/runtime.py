@@ -18,7 +18,7 @@ from audit_watch.config import Config, read_config
 from audit_watch.definition_files import yaml_files
 from audit_watch.outbox import DeliveryPolicy
 from audit_watch.render import Renderer
-from audit_watch.report_jobs import report_trigger, scheduled_reports
+from audit_watch.report_jobs import allowed_lateness, report_trigger, scheduled_reports
 from audit_watch.reports.loader import report_definitions
 from audit_watch.reports.model import ReportDefinitionBase
 from audit_watch.rule_loader import load_rules, rule_files
@@ -52,13 +52,14 @@ class Runtime:
         return (report.schedule, report.timezone or self.config.timezone)
 
     def reports_due(self, now: datetime) -> list[tuple[str, datetime]]:
-        """Each scheduled report's latest tick at ``now``, while at most its ``catch_up`` old."""
-        due = []
-        for name, trigger in self.report_triggers.items():
-            tick = latest_tick(trigger, now)
-            if now - tick <= self.reports[name].catch_up:
-                due.append((name, tick))
-        return due
+        """Each scheduled report's latest tick at ``now``, while it may still be sent
+        (at most ``catch_up`` old, or ten minutes)."""
+        ticks = [(name, latest_tick(trigger, now)) for name, trigger in self.report_triggers.items()]
+        return [(name, tick) for name, tick in ticks if self.report_on_time(name, tick, now)]
+
+    def report_on_time(self, name: str, tick: datetime, now: datetime) -> bool:
+        """Whether report ``name``'s run for ``tick`` may still be sent at ``now``."""
+        return name in self.reports and now - tick <= allowed_lateness(self.reports[name])
 
     def needs_restart(self, before: "Runtime") -> list[str]:
         """Settings that changed but that a reload cannot apply to a running process."""

@@ -30,7 +30,7 @@ from audit_watch.rule_loader import RuleSet, load_rules
 from audit_watch.rule_model import RuleBase
 from audit_watch.schedules import latest_tick
 from audit_watch.self_alerts import (
-    BUILTIN_PREFIX, builtin_rule, failing_rule_name, has_open_alert, update_failing_alert,
+    BUILTIN_PREFIX, builtin_rule, failing_rule_name, failing_rule_of, update_failing_alert,
 )
 from audit_watch.source import AuditSource
 from audit_watch.state import StateStore, all_states
@@ -73,6 +73,7 @@ def run_pass(
 
 # --- one tick -----------------------------------------------------------------------------
 
+RETIRE_IDLE = timedelta(minutes=15)   # an unknown rule's alert not evaluated this long is resolved
 STILL_FAILING_EVERY = 60     # a failing rule's error is logged at its 1st, 60th, 120th ... tick in a row
 ELSEWHERE = "elsewhere"   # another replica (or an earlier run) has the tick
 
@@ -146,15 +147,16 @@ def run_rule_tick(ctx: TickContext, rule: RuleBase, tick: datetime, *, claimed: 
 
 
 def retire_rules(ctx: TickContext, rules: Iterable[RuleBase], now: datetime) -> list[int]:
-    """Resolve the open alerts of rules that are no longer evaluated (removed or disabled),
-    and their "rule failing" alerts: nothing else ever would. As Alertmanager resolves
-    alerts that stop arriving, the rule's channels get the resolution. Returns the
-    outbox ids queued."""
+    """Resolve the open alerts of rules a reload removed or disabled, and their "rule
+    failing" alerts: nothing else ever would. As Alertmanager resolves alerts that stop
+    arriving, the rule's channels get the resolution. Returns the outbox ids queued."""
+    open_rules = _open_alert_rules(ctx.state)
     evaluations = []
     for rule in rules:
-        evaluations.append(Evaluation(rule.model_copy(update={"keep_firing_for": timedelta(0)}), now, []))
+        if rule.name in open_rules:
+            evaluations.append(Evaluation(rule.model_copy(update={"keep_firing_for": timedelta(0)}), now, []))
         failing = failing_rule_name(rule.name)
-        if has_open_alert(ctx.state, failing):
+        if failing in open_rules:
             evaluations.append(Evaluation(builtin_rule(failing, f"Rule {rule.name} was removed.",
                                                        ctx.self_alert_channels(rule.notify), rule.severity), now, []))
     if not evaluations:
@@ -163,12 +165,33 @@ def retire_rules(ctx: TickContext, rules: Iterable[RuleBase], now: datetime) -> 
     return list(summary.notifications)
 
 
-def orphaned_alert_rules(state: StateStore, loaded: Iterable[str]) -> list[str]:
-    """Rules with open alerts that are not among ``loaded`` (nor audit-watch's own)."""
+def retire_idle(ctx: TickContext, loaded: Iterable[str], now: datetime, idle: timedelta = RETIRE_IDLE) -> list[str]:
+    """Quietly resolve the open alerts of rules not loaded here that no replica has
+    evaluated for ``idle`` (removed while no daemon ran, say), and the "rule failing"
+    alerts of such rules. Quietly: the rule, and so its channels, are unknown now. A
+    replica still on an older rule set keeps evaluating its rules, so during a
+    rolling change they are not idle. Returns the rule names resolved."""
     known = set(loaded)
+    cutoff = now - idle
+
+    def unowned(name: str) -> bool:
+        if name.startswith(BUILTIN_PREFIX):
+            rule = failing_rule_of(name)          # the freshness alert is nobody's rule
+            return rule is not None and rule not in known
+        return name not in known
+
+    with ctx.state.read() as conn:
+        names = sorted({s.rule for s in all_states(conn, include_resolved=False)
+                        if s.last_evaluated_at <= cutoff and unowned(s.rule)})
+    if names:
+        gone = [Evaluation(builtin_rule(name, f"{name} is no longer configured.", ()), now, []) for name in names]
+        process(gone, ctx.config, ctx.state, now, renderer=ctx.renderer, policy=ctx.policy)
+    return names
+
+
+def _open_alert_rules(state: StateStore) -> set[str]:
     with state.read() as conn:
-        names = {item.rule for item in all_states(conn, include_resolved=False)}
-    return sorted(name for name in names if name not in known and not name.startswith(BUILTIN_PREFIX))
+        return {item.rule for item in all_states(conn, include_resolved=False)}
 
 
 def deliver(ctx: TickContext, now: datetime | None = None) -> DeliverySummary:
@@ -200,16 +223,17 @@ def settle_orphans(ctx: TickContext, runtime: "Runtime", reaped: ledger.Reaped,
     for job, tick in reaped.orphans or []:
         with ctx.state.read() as conn:
             newer = ledger.newer_claim_exists(conn, job, tick)
-        report = runtime.reports.get(ledger.report_name(job) or "")
+        report = ledger.report_name(job)
         if report is not None:   # a report run left half-done queued nothing: send it while still timely
-            action = "run" if not newer and now - tick <= report.catch_up else ledger.ABANDONED
+            action = "run" if not newer and runtime.report_on_time(report, tick, now) else ledger.ABANDONED
         else:
             action = orphan_action(runtime.rules.get(job), runtime.triggers.get(job), tick, newer, now)
         if action == "run":
             to_run.append((job, tick))
         else:
+            covered = ("past its catch_up, not sent" if report is not None else "the next tick covers it")
             ledger.finish(ctx.state, job, tick, ctx.replica, ledger.ABANDONED, now,
-                          error=f"replica {reaped.replica} stopped during this tick; the next tick covers it")
+                          error=f"replica {reaped.replica} stopped during this tick; {covered}")
     log.warning("replica %s is gone: %d unfinished ticks (%d run again here), %d notifications released",
                 reaped.replica, len(reaped.orphans or []), len(to_run), reaped.released_outbox)
     return to_run

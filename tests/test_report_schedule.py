@@ -105,9 +105,31 @@ def test_a_failing_report_is_retried_then_recorded_and_queues_nothing(broken_ctx
     assert run.status == "error" and "no_such_table" in run.error
 
 
-def test_a_stopping_daemon_does_not_wait_to_retry_a_report(broken_ctx: TickContext) -> None:
+def test_a_stopping_daemon_leaves_a_failing_report_claimed_for_a_take_over(broken_ctx: TickContext,
+                                                                           state: StateStore) -> None:  # noqa: F811
     outcome = run_report_tick(broken_ctx, definition(), T0, retry_waits=(60.0,), stopped=lambda _: True)
-    assert outcome.status == ledger.ERROR and outcome.attempts == 1
+    assert outcome.status == "stopped" and outcome.attempts == 1
+    [run] = ledger.history(state, ledger.report_job("digest"))
+    assert run.status == "claimed"       # a survivor, or this replica restarted, takes it over
+
+
+def test_a_report_that_cannot_succeed_is_not_retried(store: AuditSource, state: StateStore,  # noqa: F811
+                                                     tmp_path: Path) -> None:
+    waits: list[float] = []
+    ctx = context(store, state, tmp_path, Clock(T0))
+    outcome = run_report_tick(ctx, definition(scope={"user": "nobody@example.com"}), T0,
+                              stopped=lambda seconds: bool(waits.append(seconds)))
+    assert outcome.status == ledger.ERROR and outcome.attempts == 1 and waits == []
+    assert "nobody@example.com" in (outcome.error or "")
+
+
+def test_a_run_later_than_catch_up_is_skipped(store: AuditSource, state: StateStore,  # noqa: F811
+                                             tmp_path: Path) -> None:
+    ctx = context(store, state, tmp_path, Clock(T0 + timedelta(hours=2, minutes=1)))
+    assert run_report_tick(ctx, definition(), T0).status == "late"
+    ctx = context(store, state, tmp_path, Clock(T0 + timedelta(minutes=9)))     # catch_up 0: ten minutes
+    assert run_report_tick(ctx, definition(catch_up="0"), T0).status == ledger.OK
+    assert [r.status for r in ledger.history(state)] == ["ok"]
 
 
 def test_a_report_whose_claim_was_taken_over_queues_nothing(store: AuditSource, state: StateStore,  # noqa: F811
@@ -145,7 +167,7 @@ def test_the_daemon_sends_a_report_missed_during_downtime_once(deployment: Path)
         daemon = Daemon(str(deployment), None)
         assert daemon.start() is None
         assert sorted(daemon.runtime.reports) == ["hourly-triage", "too-late"]
-        daemon.one_offs.shutdown(wait=True)
+        daemon.report_one_offs.shutdown(wait=True)
         if attempt == 0:   # the delivery loop sends it (its own thread): wait for the file
             wait_for(lambda: list((deployment.parent / "out").glob("*-hourly-triage-report.html")), 10, "the report")
         assert daemon.shutdown()

@@ -22,7 +22,9 @@ from typing import Any
 
 from audit_watch.config import Config
 from audit_watch.reports import compliance, token_usage, triage, weekly_digest
-from audit_watch.reports.delivery import check_report_channels, enqueue_report, queue_report, report_payload
+from audit_watch.reports.delivery import (
+    check_report_channels, enqueue_report, queue_report, report_payload, report_payloads,
+)
 from audit_watch.reports.inputs import AlertActivity, ReportData, ReportInputs
 from audit_watch.reports.loader import LoadedReport, find_report, report_definitions
 from audit_watch.reports.model import REPORT_NAMES, ReportDefinitionBase, default_definition
@@ -149,5 +151,5 @@ __all__ = [
     "REPORTS", "REPORT_NAMES", "AlertActivity", "Attachment", "LoadedReport", "Period", "ReportKind",
     "ReportResult", "Scope", "build_report", "check_report_channels", "default_definition", "email_message",
     "email_payload", "enqueue_report", "find_report", "period_for", "queue_report", "report_definitions",
-    "report_payload", "report_period", "run_report", "write_report",
+    "report_payload", "report_payloads", "report_period", "run_report", "write_report",
 ]

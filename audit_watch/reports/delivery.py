@@ -67,32 +67,35 @@ def check_report_channels(config: Config, channels: Sequence[str]) -> list[str]:
     return names
 
 
-def enqueue_report(conn: Connection, config: Config, result: ReportResult, channels: Sequence[str], now: datetime,
-                   policy: DeliveryPolicy) -> list[int]:
-    """Queue ``result`` for each of ``channels`` inside the caller's transaction:
-    one outbox row per channel (kind ``report``, rule = the report's name, no
-    fingerprints). Returns the outbox ids in the order of ``channels`` (each
-    channel once).
+def report_payloads(config: Config, result: ReportResult, channels: Sequence[str]) -> list[tuple[str, dict[str, Any]]]:
+    """(channel, payload) for each of ``channels`` (each once). Rendering happens here,
+    outside any transaction: on SQLite a write transaction holds the database's lock.
 
-    Raises ValueError naming the unknown channels (and the configured ones)
-    before anything is queued.
+    Raises ValueError naming the unknown channels (and the configured ones).
     """
-    names = check_report_channels(config, channels)
-    payloads = [(name, report_payload(config.channels[name], result)) for name in names]
+    return [(name, report_payload(config.channels[name], result)) for name in check_report_channels(config, channels)]
+
+
+def enqueue_report(conn: Connection, name: str, payloads: Sequence[tuple[str, dict[str, Any]]], now: datetime,
+                   policy: DeliveryPolicy) -> list[int]:
+    """Queue the payloads of report ``name`` inside the caller's transaction: one
+    outbox row per channel (kind ``report``, rule = the report's name, no
+    fingerprints). Returns the outbox ids in the order of ``payloads``."""
     return [
-        enqueue(conn, channel=name, kind="report", rule=result.name, fingerprints=[], payload=payload, now=now,
+        enqueue(conn, channel=channel, kind="report", rule=name, fingerprints=[], payload=payload, now=now,
                 policy=policy)
-        for name, payload in payloads
+        for channel, payload in payloads
     ]
 
 
 def queue_report(state: StateStore, config: Config, result: ReportResult, channels: Sequence[str], now: datetime,
                  policy: DeliveryPolicy | None = None) -> list[int]:
-    """:func:`enqueue_report` in one write transaction of its own; the policy
-    defaults to the config's ``delivery:``."""
+    """Render and queue ``result`` for ``channels`` in one write transaction of its
+    own; the policy defaults to the config's ``delivery:``."""
     policy = policy or DeliveryPolicy.from_config(config.delivery)
+    payloads = report_payloads(config, result, channels)
     with state.write() as conn:
-        return enqueue_report(conn, config, result, channels, now, policy)
+        return enqueue_report(conn, result.name, payloads, now, policy)
 
 
 def _about(result: ReportResult) -> dict[str, Any]:

@@ -66,7 +66,9 @@ class ReportDefinitionBase(_Strict):
     enabled: bool = True
     labels: dict[str, str] = Field(default_factory=dict)
     # A run missed while no replica was up is still sent when its tick is at most this
-    # old (a weekly digest two hours late is welcome; a day late, it is noise). 0: never.
+    # old (a weekly digest two hours late is welcome; a day late, it is noise). At most
+    # 1d: the run ledger (kept at least a day) must still hold the claim that says
+    # whether it went out.
     catch_up: Duration = timedelta(hours=2)
 
     @field_validator("name")
@@ -92,6 +94,13 @@ class ReportDefinitionBase(_Strict):
     @classmethod
     def _check_channels(cls, value: tuple[str, ...], info: ValidationInfo) -> tuple[str, ...]:
         return check_channel_names(value, info, "channels")
+
+    @field_validator("catch_up")
+    @classmethod
+    def _catch_up_within_a_day(cls, value: timedelta) -> timedelta:
+        if value > timedelta(days=1):
+            raise ValueError("at most 1d (a report more than a day late is noise)")
+        return value
 
     @model_validator(mode="after")
     def _scheduled_needs_channels(self) -> "ReportDefinitionBase":
