@@ -4,7 +4,7 @@ APScheduler 3 keeps its jobs in memory, one scheduler per process; replicas
 coordinate here, in the state database:
 
 * ``aw_run_ledger``: one row per (job, scheduled_for), where a job is a rule
-  name or a built-in check. Every replica's scheduler fires every job; the claim
+  name, ``report:NAME`` for a scheduled report, or a built-in check. Every replica's scheduler fires every job; the claim
   (``INSERT ... ON CONFLICT DO NOTHING``) lets exactly one evaluate the tick.
   The row then records the outcome: history, error streaks, missed ticks.
 * ``aw_replica``: each running ``audit-watch run`` heartbeats its row. A replica

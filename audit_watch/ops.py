@@ -57,7 +57,7 @@ class Metrics:
             __version__, replica).set(1)
         self.scheduler_running = Gauge("audit_watch_scheduler_running", "1 while the scheduler runs.", registry=registry)
         self.rules = Gauge("audit_watch_rules", "Rules scheduled.", registry=registry)
-        self.rule_problems = Gauge("audit_watch_rule_problems", "Problems in rule files at the last load.",
+        self.rule_problems = Gauge("audit_watch_rule_problems", "Problems in rule and report files at the last load.",
                                    registry=registry)
         self.evaluations = Counter("audit_watch_evaluations", "Rule evaluations by this replica, by result "
                                    "(ok, error, held).", ["rule", "result"], registry=registry)

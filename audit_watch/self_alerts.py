@@ -56,6 +56,12 @@ def failing_rule_name(rule: str) -> str:
     return f"{BUILTIN_PREFIX}rule {rule} failing"
 
 
+def failing_rule_of(name: str) -> str | None:
+    """The rule a "rule X failing" alert is about; None for other names."""
+    head, tail = f"{BUILTIN_PREFIX}rule ", " failing"
+    return name[len(head):-len(tail)] if name.startswith(head) and name.endswith(tail) else None
+
+
 def update_failing_alert(ctx: TickContext, rule: RuleBase, tick: datetime, failed: bool) -> tuple[list[int], int]:
     """After N errors in a row: "rule X failing since ..."; resolved by its next success.
     Returns the outbox ids queued and the errors in a row."""
@@ -67,7 +73,7 @@ def update_failing_alert(ctx: TickContext, rule: RuleBase, tick: datetime, faile
         errors = streak.errors
         if streak.errors >= after and streak.since is not None:
             since = streak.since
-            if streak.errors == after:   # every failure is logged where it happens; this once
+            if streak.errors == after:   # the streak's own lines are rate-limited (tick.py); this once
                 log.error("rule %s failing since %s (%d errors in a row): %s", rule.name,
                           since.isoformat(), streak.errors, streak.last_error, extra={"rule": rule.name})
             description = (f"Rule {rule.name} has failed {streak.errors} times in a row since "

@@ -38,6 +38,7 @@ from audit_watch.rule_loader import RULE_ADAPTER
 from audit_watch.schema import create_reference_tables
 from audit_watch.source import AuditSource
 from audit_watch.pipeline import alerts_table, process
+from audit_watch.self_alerts import failing_rule_name
 from audit_watch.state import StateStore, outbox
 from audit_watch.runtime import watch_snapshot
 from audit_watch.schedules import TickPoolExecutor, latest_tick, scheduled_time
@@ -262,16 +263,21 @@ def test_removed_rules_do_not_leave_their_alerts_firing(deployment: Path) -> Non
     (rules / "failed.yaml").write_text(json.dumps({**FAILED_JOBS, "every": "1h"}))
     (rules / "second.yaml").write_text(json.dumps({**FAILED_JOBS, "name": "second", "every": "1h"}))
     state_url_ = json.loads(deployment.read_text())["state"]["url"]
-    now = datetime.now(timezone.utc) - timedelta(minutes=5)
-    _fire(state_url_, rule(name="second", notify=["archive"]), now)
-    _fire(state_url_, rule(name="deleted-while-down", notify=["archive"]), now)
+    now = datetime.now(timezone.utc)
+    _fire(state_url_, rule(name="second", notify=["archive"]), now - timedelta(minutes=5))
+    _fire(state_url_, rule(name="deleted-while-down", notify=["archive"]), now - timedelta(minutes=20))
+    _fire(state_url_, rule(name=failing_rule_name("deleted-while-down"), notify=["archive"]),
+          now - timedelta(minutes=20))
+    # Unknown here but evaluated a minute ago: another replica still runs it (a rolling change).
+    _fire(state_url_, rule(name="on-another-replica", notify=["archive"]), now - timedelta(minutes=1))
     daemon = Daemon(str(deployment), None)
     assert daemon.start() is None
     try:
         daemon.one_offs.shutdown(wait=True)
         # Removed while no daemon ran: resolved at start, quietly (its channels are unknown now).
-        assert _open_alerts(state_url_)["deleted-while-down"] == "resolved"
-        assert _open_alerts(state_url_)["second"] == "firing"
+        states = _open_alerts(state_url_)
+        assert states["deleted-while-down"] == states[failing_rule_name("deleted-while-down")] == "resolved"
+        assert states["second"] == states["on-another-replica"] == "firing"
         (rules / "second.yaml").unlink()
         assert daemon.reload("test") is True
         assert _open_alerts(state_url_)["second"] == "resolved"
@@ -281,7 +287,8 @@ def test_removed_rules_do_not_leave_their_alerts_firing(deployment: Path) -> Non
                 queued = [(r.kind, r.rule) for r in conn.execute(select(outbox.c.kind, outbox.c.rule))]
         finally:
             state.close()
-        assert ("resolved", "second") in queued and ("resolved", "deleted-while-down") not in queued
+        assert ("resolved", "second") in queued
+        assert [r for r in queued if r[0] == "resolved"] == [("resolved", "second")]
     finally:
         assert daemon.shutdown()
 
