@@ -476,7 +476,7 @@ def _deliver_report(config: Config, result: Any, channels: tuple[str, ...], now:
         # A registered pass, as the daemon's: its `now` is unique among the replicas' passes.
         at = ledger.open_delivery_run(state, "report-" + ledger.new_replica_id(), now)
         try:
-            deliver_due(config, state, at, policy=policy)
+            deliver_due(config, state, at, policy=policy, only=ids)   # its own rows, not the whole outbox
         finally:
             ledger.close_delivery_run(state, at)
         with state.read() as conn:

@@ -116,13 +116,17 @@ def _parent_settled() -> Any:
     return or_(outbox.c.parent_id.is_(None), not_(pending_parent))
 
 
-def claim(state: StateStore, now: datetime, policy: DeliveryPolicy, exclude: Iterable[int] = ()) -> list[Claimed]:
-    """Take up to ``batch_size`` due rows for this worker (oldest first)."""
+def claim(state: StateStore, now: datetime, policy: DeliveryPolicy, exclude: Iterable[int] = (),
+          only: Iterable[int] | None = None) -> list[Claimed]:
+    """Take up to ``batch_size`` due rows for this worker (oldest first; ``only``:
+    among these ids)."""
     excluded = list(exclude)
     with state.write() as conn:
         stmt = select(outbox.c.id).where(_due(now), _parent_settled()).order_by(outbox.c.id).limit(policy.batch_size)
         if excluded:
             stmt = stmt.where(outbox.c.id.not_in(excluded))
+        if only is not None:
+            stmt = stmt.where(outbox.c.id.in_(list(only)))
         if conn.dialect.name == "postgresql":
             stmt = stmt.with_for_update(skip_locked=True, of=outbox)
         ids = list(conn.execute(stmt).scalars())

@@ -219,13 +219,15 @@ def _fallback_payload(planned: Planned, ctx: MessageContext, error: str) -> dict
 def deliver_due(
     config: Config, state: StateStore, now: datetime, *, policy: DeliveryPolicy | None = None,
     channels: Mapping[str, Channel] | None = None, rng: random.Random | None = None,
-    channel_options: Mapping[str, Mapping[str, Any]] | None = None,
+    channel_options: Mapping[str, Mapping[str, Any]] | None = None, only: Iterable[int] | None = None,
 ) -> DeliverySummary:
-    """Send every notification due at ``now``; failures are rescheduled or kept as dead.
+    """Send every notification due at ``now`` (``only``: just these outbox ids, as
+    ``audit-watch report`` sends its own); failures are rescheduled or kept as dead.
 
     ``channels`` replaces senders by name (tests); ``channel_options`` passes
     options to the senders built from the config (e.g. ``{"mail": {"ssl_context": ctx}}``).
     """
+    wanted = None if only is None else list(only)
     policy = policy or DeliveryPolicy.from_config(config.delivery)
     rng = rng or random.Random()
     summary = DeliverySummary()
@@ -233,7 +235,7 @@ def deliver_due(
     attempted: set[int] = set()
     try:
         for _ in range(MAX_ROUNDS):
-            claimed = claim(state, now, policy, exclude=attempted)
+            claimed = claim(state, now, policy, exclude=attempted, only=wanted)
             if not claimed:
                 break
             attempted.update(c.notification.id for c in claimed)

@@ -220,6 +220,18 @@ def test_dry_run_queues_and_sends_nothing(config_file: Path, fake: FakeSlack, sm
     assert fake.received == [] and smtp.received == [] and not (config_file.parent / "outbox").exists()
 
 
+def test_the_command_sends_its_own_report_not_the_rest_of_the_outbox(config_file: Path, state: StateStore) -> None:
+    from audit_watch.outbox import DeliveryPolicy, enqueue
+
+    with state.write() as conn:     # an alert waiting for the daemon
+        waiting = enqueue(conn, channel="archive", kind="firing", rule="some-rule", fingerprints=[],
+                          payload={"title": "t", "text": "t"}, now=END, policy=DeliveryPolicy())
+    result = report(config_file, "weekly-digest", "--channel", "archive")
+    assert result.exit_code == 0, result.output
+    entries = {e.id: e.status for e in list_entries(state, ["queued", "delivered"])}
+    assert entries.pop(waiting) == "queued" and list(entries.values()) == ["delivered"]
+
+
 def test_a_built_in_report_without_a_definition_queues_nothing(config_file: Path, state: StateStore) -> None:
     result = report(config_file, "triage")
     assert result.exit_code == 0, result.output
