@@ -52,7 +52,7 @@ class FileSender(Channel):
                 written.append(self._write(stem + ".json", json.dumps(document, indent=2, ensure_ascii=False) + "\n"))
             if self.config.format in ("text", "both"):
                 written.append(self._write(stem + ".txt", payload.get("text", "").rstrip("\n") + "\n"))
-            if payload.get("html"):
+            if notification.kind == "report" and payload.get("html"):   # alerts are read as JSON and text
                 written.append(self._write(stem + ".html", payload["html"]))
             for item in payload.get("attachments") or ():
                 written.append(self._write(stem + _attachment_suffix(item), base64.b64decode(item["data"])))

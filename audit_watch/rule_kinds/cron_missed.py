@@ -42,7 +42,6 @@ class CronMissed(RuleKind):
     name = "cron_missed"
 
     def find(self, rule: CronMissedRule, ctx: EvalContext) -> list[Finding]:
-        src = ctx.src
         due_by = ctx.now - rule.grace
         crons = self._crons(rule, ctx)
         # Phase 1: only each cron's latest run. Phase 2: the history of the ones missed.
