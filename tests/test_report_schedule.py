@@ -226,3 +226,57 @@ def test_run_once_sends_the_reports_that_are_due(deployment: Path, capsys: pytes
     assert "reports queued" not in capsys.readouterr().out
     reports = sorted(p.name for p in (deployment.parent / "out").glob("*-hourly-triage-report.*"))
     assert [name.rsplit(".", 1)[1] for name in reports] == ["html", "json", "txt"], reports
+
+
+def test_a_reload_adds_reschedules_and_removes_report_jobs(deployment: Path) -> None:  # noqa: F811
+    body = {"name": "daily-triage", "report": "triage", "period": "1d", "channels": ["archive"],
+            "schedule": "0 7 * * *", "timezone": "UTC", "catch_up": "0"}
+    _add_report(deployment, body)
+    daemon = Daemon(str(deployment), None)
+    assert daemon.start() is None
+    try:
+        job = lambda name: daemon.scheduler.get_job(ledger.report_job(name))  # noqa: E731
+        assert str(job("daily-triage").trigger) == "cron[0 7 * * *, UTC]"
+        _add_report(deployment, {**body, "schedule": "30 6 * * *", "timezone": "Europe/Berlin"})
+        _add_report(deployment, {**body, "name": "second"})
+        assert daemon.reload("test") is True
+        assert str(job("daily-triage").trigger) == "cron[30 6 * * *, Europe/Berlin]"
+        assert job("second") is not None
+        (deployment.parent / "reports" / "second.yaml").write_text("name: second\nreport: triage\nschedule: nope\n")
+        assert daemon.reload("test") is False and job("second") is not None     # refused: all stays
+        (deployment.parent / "reports" / "second.yaml").unlink()
+        assert daemon.reload("test") is True
+        assert job("second") is None and sorted(daemon.runtime.reports) == ["daily-triage"]
+    finally:
+        assert daemon.shutdown()
+
+
+def test_a_dead_replicas_report_run_is_taken_over_while_still_timely(deployment: Path) -> None:  # noqa: F811
+    from audit_watch.runtime import load_runtime
+    from audit_watch.tick import settle_orphans
+
+    _add_report(deployment, {"name": "hourly-triage", "report": "triage", "period": "1h", "channels": ["archive"],
+                             "schedule": "0 * * * *", "timezone": "UTC"})
+    state = StateStore.open(json.loads(deployment.read_text())["state"]["url"])
+    ledger.ensure_ledger_schema(state)
+    try:
+        now = T0 + timedelta(minutes=30)
+        runtime, problems = load_runtime(str(deployment), None, state, "survivor", lambda: now, None)
+        assert runtime is not None and problems == []
+        job = ledger.report_job("hourly-triage")
+        for replica in ("dead", "survivor"):
+            ledger.register_replica(state, replica, now)
+        for tick in (T0, T0 - timedelta(hours=3)):
+            assert ledger.claim(state, job, tick, "dead", now)
+        reaped = ledger.reap(state, "dead", "survivor", now)
+        assert reaped is not None
+        # The 12:00 run is within catch_up (2h): run again here; the 09:00 one is past it.
+        assert settle_orphans(runtime.ctx, runtime, reaped, now) == [(job, T0)]
+        late = [r for r in ledger.history(state, job) if r.scheduled_for == T0 - timedelta(hours=3)]
+        assert [(r.status, r.replica) for r in late] == [("abandoned", "survivor")]
+        assert "past its catch_up, not sent" in late[0].error
+        outcome = run_report_tick(runtime.ctx, runtime.reports["hourly-triage"], T0, claimed=True)
+        assert outcome.status == ledger.OK and len(outcome.queued) == 1
+    finally:
+        runtime.ctx.src.engine.dispose()
+        state.close()
