@@ -1,6 +1,6 @@
 """The daemon under load: 1,000 rules every minute over a large store.
 
-    .venv/bin/python benchmarks/bench_daemon.py [--url URL] [--rules 1000] [--minutes 5] [--mix bundled]
+    .venv/bin/python benchmarks/bench_daemon.py [--url URL] [--scale 30] [--rules 1000] [--minutes 5] [--mix bundled]
 
 Runs ``audit-watch run`` as a subprocess on a fresh PostgreSQL state database, samples
 its resident memory and CPU time from /proc, then reads the run ledger: for every
@@ -8,9 +8,13 @@ full tick, how long until the last rule of the tick was evaluated (the ticks kee
 up when that stays well under the minute), the evaluations missed, the errors, and
 evaluation times per rule kind. Writes benchmarks/DAEMON_RESULTS.md.
 
-The store: ``--url`` (default: the 10-million-job store of bench_rules.py,
-audit_watch_bench, when it exists; otherwise aw_daemon_bench, seeded here with
-``--scale`` and activity up to a few hours ahead, so that every window holds rows).
+The store: ``--url``, or by default aw_daemon_bench, seeded here with ``--scale``
+(30: about 10 million jobs, the size of bench_rules.py's audit_watch_bench) and
+activity until six hours ahead, so that every window holds rows at wall-clock ticks;
+it is seeded again (then vacuumed) when its scale differs or its activity ends within
+the hour. Before each run the script waits up to ``--load-wait`` seconds for the
+1-minute load average to fall to ``--max-load`` (other work on a small machine skews
+the figures) and records the load average at the start and end of the run.
 Rules: copies of the bundled rules, all at ``every: 1m`` (``--mix bundled``), or only
 the ones with windows up to an hour (``--mix short``).
 """
@@ -88,6 +92,12 @@ def choose_store(url: str | None, scale: float) -> tuple[str, str]:
         end = datetime.now(timezone.utc).replace(minute=0, second=0, microsecond=0) + timedelta(hours=6)
         print(f"seeding {OWN_STORE} at scale {scale} ...", flush=True)
         print(seed_database(OWN_STORE, days=30, seed=42, scale=scale, end=end, progress=True), flush=True)
+        vacuum = create_engine(OWN_STORE, isolation_level="AUTOCOMMIT")   # not autovacuum during a run
+        try:
+            with vacuum.connect() as conn:
+                conn.execute(text("VACUUM (ANALYZE)"))
+        finally:
+            vacuum.dispose()
     big = " (audit_watch_bench is absent)" if not database_exists(BIG_STORE) else (
         " (audit_watch_bench ends at the hour it was seeded: its short windows are empty at wall-clock ticks)")
     return OWN_STORE, f"seeded by seed_database at scale {scale:g} with activity until 6 h ahead{big}"
@@ -157,6 +167,16 @@ def sample(pid: int) -> tuple[int, float]:
     return rss, cpu
 
 
+def settle(max_load: float, wait: float) -> tuple[float, float]:
+    """Wait up to ``wait`` seconds for the 1-minute load average to fall to ``max_load``;
+    returns (seconds waited, 1-minute load average then)."""
+    started = time.monotonic()
+    while os.getloadavg()[0] > max_load and time.monotonic() - started < wait:
+        print(f"  load average {os.getloadavg()[0]:.2f} > {max_load:g}, waiting ...", flush=True)
+        time.sleep(15)
+    return time.monotonic() - started, os.getloadavg()[0]
+
+
 def run(store: str, rules: int, minutes: float, mix: str, workers: int, env: dict[str, str]) -> dict[str, Any]:
     recreate(STATE)
     StateStore.open(STATE).close()
@@ -173,6 +193,7 @@ def run(store: str, rules: int, minutes: float, mix: str, workers: int, env: dic
         listen = "127.0.0.1:19465"
         log = (folder / "daemon.log").open("wb")
         started = datetime.now(timezone.utc)
+        load_start = os.getloadavg()
         proc = subprocess.Popen([sys.executable, "-m", "audit_watch", "run", "--config", str(config), "--listen",
                                  listen], stdout=log, stderr=subprocess.STDOUT, cwd=folder, env={**os.environ, **env})
         samples: list[tuple[float, int, float]] = []
@@ -194,6 +215,7 @@ def run(store: str, rules: int, minutes: float, mix: str, workers: int, env: dic
             code = proc.wait(timeout=30)
             stop_seconds = time.monotonic() - stop_started
         ended = datetime.now(timezone.utc)
+        load_end = os.getloadavg()
         log.close()
         errors_logged = [line for line in (folder / "daemon.log").read_text().splitlines() if " ERROR " in line]
     state = StateStore.open(STATE)
@@ -203,7 +225,7 @@ def run(store: str, rules: int, minutes: float, mix: str, workers: int, env: dic
         state.close()
     return {"rules": rules, "mix": mix, "workers": workers, "env": env, "kinds": kinds, "rows": rows, "samples": samples,
             "started": started, "ended": ended, "exit": code, "stop_seconds": stop_seconds, "healthz": healthz,
-            "errors_logged": errors_logged[:5],
+            "errors_logged": errors_logged[:5], "load_start": load_start, "load_end": load_end,
             "ticks_metric": {line.split('"')[1]: float(line.split()[-1]) for line in metrics.splitlines()
                              if line.startswith("audit_watch_ticks_total{")}}
 
@@ -248,9 +270,12 @@ def report(store: str, origin: str, facts: dict[str, Any], results: list[tuple[d
         "ones with `every: 1m`; the figures come from the run ledger (what the daemon recorded) and /proc. "
         "'Last done' is the time from a tick to the end of its last evaluation: the ticks keep up while it "
         "stays under 60 s. The first two minutes (start-up catch-up) are left out.", "",
+        "Load average: the machine's 1-, 5- and 15-minute load averages (2 cores) when the daemon started and "
+        "when it was stopped; during a run they include the daemon's and PostgreSQL's own work.", "",
         "| rules | mix | workers | environment | ticks | evaluations | missed | errors | last done, median / max | "
-        "evaluation time per tick (sum) | daemon CPU | RSS max / end | SIGTERM to exit |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "evaluation time per tick (sum) | daemon CPU | RSS max / end | SIGTERM to exit | load average at start; "
+        "at end |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for result, stats in results:
         ticks = stats["per_tick"]
@@ -261,11 +286,12 @@ def report(store: str, origin: str, facts: dict[str, Any], results: list[tuple[d
             f"{' '.join(f'{k}={v}' for k, v in result['env'].items()) or '-'} | {len(ticks)} | "
             f"{sum(t['evaluated'] for t in ticks)} | {sum(t['missed'] for t in ticks)} | "
             f"{sum(t['errors'] for t in ticks)} | "
-            f"{statistics.median(done):.1f} s / {max(done):.1f} s | " if done else "| n/a | "
-        )
-        lines[-1] += (f"{statistics.median(busy):.0f} s | {stats['cpu_share'] * 100:.0f}% of a core | "
-                      f"{stats['rss_max_mb']:.0f} / {stats['rss_end_mb']:.0f} MB | {result['stop_seconds']:.1f} s "
-                      f"(exit {result['exit']}) |")
+            + (f"{statistics.median(done):.1f} s / {max(done):.1f} s | " if done else "n/a | ")
+            + (f"{statistics.median(busy):.0f} s | " if busy else "n/a | ")
+            + f"{stats['cpu_share'] * 100:.0f}% of a core | "
+            f"{stats['rss_max_mb']:.0f} / {stats['rss_end_mb']:.0f} MB | {result['stop_seconds']:.1f} s "
+            f"(exit {result['exit']}) | {' / '.join(f'{v:.2f}' for v in result['load_start'])}; "
+            f"{' / '.join(f'{v:.2f}' for v in result['load_end'])} |")
     lines += ["", "Scheduled runs by outcome (`audit_watch_ticks_total` at the end of each run; `late`: started "
               "after a newer tick was due, so evaluated that one; `busy`: skipped, the rule's previous run was still "
               "going; `elsewhere`: another replica had the tick):", ""]
@@ -285,7 +311,7 @@ def report(store: str, origin: str, facts: dict[str, Any], results: list[tuple[d
                   "| tick | evaluated | missed | errors | last done |", "|---|---|---|---|---|"]
         for t in stats["per_tick"]:
             lines.append(f"| {t['tick']:%H:%M} | {t['evaluated']} | {t['missed']} | {t['errors']} | "
-                         f"{t['last_done_s']:.1f} s |")
+                         + (f"{t['last_done_s']:.1f} s |" if t["last_done_s"] is not None else "- |"))
         if result["errors_logged"]:
             lines += ["", "First errors logged:", "", *[f"    {e[:200]}" for e in result["errors_logged"]]]
     out.write_text("\n".join(lines) + "\n")
@@ -295,20 +321,25 @@ def report(store: str, origin: str, facts: dict[str, Any], results: list[tuple[d
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--url", help="the audit store (default: see above)")
-    parser.add_argument("--scale", type=float, default=10.0, help="seed scale of our own store (1 = 333k jobs)")
+    parser.add_argument("--scale", type=float, default=30.0, help="seed scale of our own store (1 = 333k jobs; 30 = 10M)")
     parser.add_argument("--rules", type=int, nargs="+", default=[10, 1000])
     parser.add_argument("--minutes", type=float, default=7.0, help="per run (runs under 100 rules: 3)")
     parser.add_argument("--mix", choices=["bundled", "short"], default="short")
     parser.add_argument("--workers", type=int, default=8)
     parser.add_argument("--env", action="append", default=[], metavar="KEY=VALUE",
                         help="for the daemon, e.g. MALLOC_ARENA_MAX=2 (repeatable)")
+    parser.add_argument("--max-load", type=float, default=2.5,
+                        help="before each run, wait for the 1-minute load average to fall to this")
+    parser.add_argument("--load-wait", type=float, default=180.0, help="... for at most this many seconds")
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "DAEMON_RESULTS.md"))
     args = parser.parse_args()
     store, origin = choose_store(args.url, args.scale)
     facts = store_facts(store)
     results = []
     for count in args.rules:
-        print(f"running {count} rules ({args.mix}) ...", flush=True)
+        waited, load = settle(args.max_load, args.load_wait)
+        print(f"running {count} rules ({args.mix}); load average {load:.2f} after waiting {waited:.0f} s ...",
+              flush=True)
         env = dict(item.split("=", 1) for item in args.env)
         result = run(store, count, args.minutes if count >= 100 else min(args.minutes, 3.0), args.mix, args.workers, env)
         results.append((result, analyse(result)))

@@ -161,7 +161,10 @@ def write_results(path: Path, rows: list[tuple], jobs: int, version: str, now: d
     for name, kind, q, s, ratio, full, n_engine, n_sql, agree in rows:
         mark = "" if agree else " (differ!)"
         lines.append(f"| {name} | {kind} | {q:.1f} | {s:.1f} | {ratio:.2f} | {full:.1f} | {n_engine} / {n_sql}{mark} |")
-    path.write_text("\n".join(lines) + "\n")
+    # Sections other benchmarks keep in the same file (from its first "## " heading on) stay.
+    kept = path.read_text().split("\n## ", 1) if path.exists() else []
+    tail = "\n## " + kept[1] if len(kept) == 2 else ""
+    path.write_text("\n".join(lines) + "\n" + tail)
     print(f"wrote {path}")
 
 
