@@ -40,7 +40,7 @@ from audit_watch.logs import configure_logging
 from audit_watch.ops import Health, Metrics, OpsServer, heartbeat_tick, ops_app
 from audit_watch.report_jobs import run_report_tick
 from audit_watch.state import StateStore
-from audit_watch.runtime import Runtime, load_runtime, log_disconnects, watch_snapshot
+from audit_watch.runtime import Runtime, load_runtime, log_disconnects, schedule_changes, watch_snapshot
 from audit_watch.schedules import TickPoolExecutor, interval_trigger, latest_tick, scheduled_time
 from audit_watch.tick import deliver, retire_idle, retire_rules, run_rule_tick, settle_orphans
 
@@ -410,8 +410,7 @@ class Daemon:
         self.runtime = new
         if self.freshness is not None:
             self.freshness.config = new.config.daemon.freshness
-        removed = [name for name in old.rules if name not in new.rules]
-        added = [name for name in new.rules if name not in old.rules]
+        removed, added, changed = schedule_changes(old.rule_schedules(), new.rule_schedules())
         for name in removed:
             self.scheduler.remove_job(f"rule:{name}")
         if removed:
@@ -422,16 +421,13 @@ class Daemon:
             else:
                 if queued:
                     self._delivery_due.set()
-        changed = [n for n in new.rules if n in old.rules and new.trigger_key(n) != old.trigger_key(n)]
         for name in added + changed:
             self._schedule_rule(new, name)
-        for name in old.reports:
-            if name not in new.reports:
-                self.scheduler.remove_job(ledger.report_job(name))
-        new_reports = [n for n in new.reports if n not in old.reports]
-        for name in new.reports:
-            if name in new_reports or new.report_trigger_key(name) != old.report_trigger_key(name):
-                self._schedule_report(new, name)
+        gone_reports, new_reports, moved_reports = schedule_changes(old.report_schedules(), new.report_schedules())
+        for name in gone_reports:
+            self.scheduler.remove_job(ledger.report_job(name))
+        for name in new_reports + moved_reports:
+            self._schedule_report(new, name)
         self._schedule_builtins(new)
         self._catch_up(new, added, new_reports)
         self.health.set_rules(new.triggers)

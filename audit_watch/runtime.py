@@ -5,7 +5,7 @@ that finds any problem keeps the previous one."""
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -43,13 +43,14 @@ class Runtime:
     reports: dict[str, ReportDefinitionBase] = field(default_factory=dict)   # scheduled reports by name
     report_triggers: dict[str, CronScheduleTrigger] = field(default_factory=dict)
 
-    def trigger_key(self, name: str) -> tuple[Any, ...]:
-        rule = self.rules[name]
-        return (rule.every, rule.schedule, rule.timezone or self.config.timezone)
+    def rule_schedules(self) -> dict[str, tuple[Any, ...]]:
+        """What each rule's trigger is built from: a change means rescheduling it."""
+        zone = self.config.timezone
+        return {name: (r.every, r.schedule, r.timezone or zone) for name, r in self.rules.items()}
 
-    def report_trigger_key(self, name: str) -> tuple[Any, ...]:
-        report = self.reports[name]
-        return (report.schedule, report.timezone or self.config.timezone)
+    def report_schedules(self) -> dict[str, tuple[Any, ...]]:
+        zone = self.config.timezone
+        return {name: (d.schedule, d.timezone or zone) for name, d in self.reports.items()}
 
     def reports_due(self, now: datetime) -> list[tuple[str, datetime]]:
         """Each scheduled report's latest tick at ``now``, while it may still be sent
@@ -67,6 +68,14 @@ class Runtime:
             return {"state.url": r.config.state.url, "daemon.listen": r.config.daemon.listen,
                     "daemon.workers": r.config.daemon.workers}
         return [key for key, value in keys(self).items() if keys(before)[key] != value]
+
+
+def schedule_changes(before: Mapping[str, Any], after: Mapping[str, Any]) -> tuple[list[str], list[str], list[str]]:
+    """(removed, added, rescheduled) between two {name: schedule} maps."""
+    removed = [name for name in before if name not in after]
+    added = [name for name in after if name not in before]
+    rescheduled = [name for name in after if name in before and after[name] != before[name]]
+    return removed, added, rescheduled
 
 
 def load_runtime(config_path: str | None, source_url: str | None, state: StateStore, replica: str,
