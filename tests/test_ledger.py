@@ -7,14 +7,14 @@ from datetime import datetime, timedelta, timezone
 from zoneinfo import ZoneInfo
 
 import pytest
-from sqlalchemy import delete, insert, select
+from sqlalchemy import insert, select
 
 from audit_watch import ledger
 from audit_watch.rule_loader import RULE_ADAPTER
-from audit_watch.state import StateStore, metadata, outbox, schema_version
+from audit_watch.state import StateStore, outbox
 from audit_watch.schedules import ANCHOR, CronScheduleTrigger, interval_trigger, latest_tick, rule_trigger, tick_gap
 from audit_watch.tick import orphan_action
-from test_state import T0, state_url  # noqa: F401 - the module-scoped backend fixture
+from test_state import T0, emptied_state, state_url  # noqa: F401 - the module-scoped backend fixture
 
 S = timedelta(seconds=1)
 BERLIN = ZoneInfo("Europe/Berlin")
@@ -22,16 +22,11 @@ BERLIN = ZoneInfo("Europe/Berlin")
 
 @pytest.fixture
 def state(state_url: str) -> Iterator[StateStore]:  # noqa: F811 - uses test_state's state_url
+    """An empty state database with the ledger's tables."""
     store = StateStore.open(state_url)
     ledger.ensure_ledger_schema(store)
-    with store.write() as conn:
-        for table in [*reversed(ledger.ledger_metadata.sorted_tables), *reversed(metadata.sorted_tables)]:
-            if table is not schema_version:
-                conn.execute(delete(table))
-    try:
-        yield store
-    finally:
-        store.close()
+    store.close()
+    yield from emptied_state(state_url, ledger.ledger_metadata)
 
 
 # --- claims -----------------------------------------------------------------------------------

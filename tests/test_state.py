@@ -14,7 +14,7 @@ from datetime import datetime, timedelta, timezone
 from typing import Any
 
 import pytest
-from sqlalchemy import delete, select, update
+from sqlalchemy import MetaData, delete, select, update
 
 from audit_watch.alert import Alert
 from audit_watch.evaluate import Evaluation
@@ -43,18 +43,23 @@ def state_url(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathF
         yield url
 
 
-@pytest.fixture
-def state(state_url: str) -> Iterator[StateStore]:
-    """An empty state database (tables cleared between tests of a module)."""
-    store = StateStore.open(state_url)
+def emptied_state(url: str, *more: MetaData) -> Iterator[StateStore]:
+    """The state database at ``url`` with its tables (and ``more``'s) emptied, closed after."""
+    store = StateStore.open(url)
     with store.write() as conn:
-        for table in reversed(metadata.sorted_tables):
+        for table in [*(t for m in more for t in reversed(m.sorted_tables)), *reversed(metadata.sorted_tables)]:
             if table is not schema_version:
                 conn.execute(delete(table))
     try:
         yield store
     finally:
         store.close()
+
+
+@pytest.fixture
+def state(state_url: str) -> Iterator[StateStore]:
+    """An empty state database (tables cleared between tests of a module)."""
+    yield from emptied_state(state_url)
 
 
 def make_rule(**overrides: Any) -> RuleBase:
