@@ -1,3 +1,3 @@
-from audit_watch.cli import main
+from audit_watch.cli.main import main
 
 main()

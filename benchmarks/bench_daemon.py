@@ -46,9 +46,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from bench_rules import machine  # noqa: E402
 
-from audit_watch import ledger  # noqa: E402
-from audit_watch.seed import read_seed_end, seed_database  # noqa: E402
-from audit_watch.state import StateStore  # noqa: E402
+from audit_watch.daemon import ledger  # noqa: E402
+from audit_watch.demo.seed import read_seed_end, seed_database  # noqa: E402
+from audit_watch.alerting.state import StateStore  # noqa: E402
 
 SERVER = "postgresql://postgres@127.0.0.1:5432"
 BIG_STORE = f"{SERVER}/audit_watch_bench"

@@ -39,7 +39,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from audit_watch.seed import read_seed_run  # noqa: E402
+from audit_watch.demo.seed import read_seed_run  # noqa: E402
 from machine import machine  # noqa: E402
 
 DEFAULT_URL = "postgresql://postgres@127.0.0.1:5432/audit_watch_bench"

@@ -28,11 +28,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from hand_sql import HAND_SQL, load_crons  # noqa: E402
 from machine import machine  # noqa: E402
 
-from audit_watch.evaluate import evaluate_rule  # noqa: E402
-from audit_watch.rule_kinds import KINDS, EvalContext  # noqa: E402
-from audit_watch.rule_loader import load_rules  # noqa: E402
-from audit_watch.seed import read_seed_end, seed_database  # noqa: E402
-from audit_watch.source import AuditSource  # noqa: E402
+from audit_watch.rules.evaluate import evaluate_rule  # noqa: E402
+from audit_watch.rules.kinds import KINDS, EvalContext  # noqa: E402
+from audit_watch.rules.loader import load_rules  # noqa: E402
+from audit_watch.demo.seed import read_seed_end, seed_database  # noqa: E402
+from audit_watch.store.source import AuditSource  # noqa: E402
 
 DEFAULT_URL = "postgresql://postgres@127.0.0.1:5432/audit_watch_bench"
 

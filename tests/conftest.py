@@ -16,13 +16,13 @@ from typing import Any
 import pytest
 from sqlalchemy import delete
 
-from audit_watch.alert import Alert
-from audit_watch.config import LinksConfig
-from audit_watch.evaluate import evaluate_rule
-from audit_watch.row_builder import insert_rows
-from audit_watch.rule_loader import RULE_ADAPTER
-from audit_watch.schema import create_reference_tables
-from audit_watch.source import AuditSource
+from audit_watch.rules.alert import Alert
+from audit_watch.config.model import LinksConfig
+from audit_watch.rules.evaluate import evaluate_rule
+from audit_watch.store.rows import insert_rows
+from audit_watch.rules.loader import RULE_ADAPTER
+from audit_watch.store.schema import create_reference_tables
+from audit_watch.store.source import AuditSource
 
 # The fixed "now" of every test (no test reads the wall clock).
 NOW = datetime(2026, 11, 20, 12, 0, tzinfo=timezone.utc)
@@ -80,7 +80,7 @@ def store(request: pytest.FixtureRequest, tmp_path: Any) -> Iterator[AuditSource
 
 @pytest.fixture
 def insert(store: AuditSource) -> Callable[..., dict[str, int]]:
-    """``insert({"jobs": [{"at": "-5m", "status": "failed"}]}, now=NOW)`` (audit_watch.row_builder)."""
+    """``insert({"jobs": [{"at": "-5m", "status": "failed"}]}, now=NOW)`` (audit_watch.store.rows)."""
 
     def _insert(data: Mapping[str, list[Mapping[str, Any]]], now: datetime = NOW) -> dict[str, int]:
         return insert_rows(store.engine, store.tables, data, now)

@@ -17,12 +17,12 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from audit_watch.backtest import backtest
-from audit_watch.cli import main
-from audit_watch.evaluate import evaluate_rules
-from audit_watch.rule_loader import load_rules
-from audit_watch.seed import seed_database
-from audit_watch.source import AuditSource
+from audit_watch.rules.backtest import backtest
+from audit_watch.cli.main import main
+from audit_watch.rules.evaluate import evaluate_rules
+from audit_watch.rules.loader import load_rules
+from audit_watch.demo.seed import seed_database
+from audit_watch.store.source import AuditSource
 
 ROOT = Path(__file__).resolve().parent.parent
 END = datetime(2026, 11, 26, 12, 0, tzinfo=timezone.utc)

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from audit_watch.cli import main
+from audit_watch.cli.main import main
 
 CONFIG = """\
 source: {url: "sqlite:///audit.db"}
@@ -140,8 +140,8 @@ def test_check_as_a_real_process_exits_1_without_traceback(tmp_path: Path) -> No
 
 
 def test_delivery_max_age_comes_from_the_config(tmp_path: Path) -> None:
-    from audit_watch.config import load_config
-    from audit_watch.outbox import DeliveryPolicy
+    from audit_watch.config.model import load_config
+    from audit_watch.alerting.outbox import DeliveryPolicy
 
     path = tmp_path / "audit-watch.yaml"
     path.write_text("delivery: {max_age: 2h, base_delay: 10s}\n")

@@ -9,10 +9,10 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner, Result
 
-from audit_watch.cli import main
-from audit_watch.row_builder import insert_rows
-from audit_watch.schema import create_reference_tables
-from audit_watch.source import AuditSource
+from audit_watch.cli.main import main
+from audit_watch.store.rows import insert_rows
+from audit_watch.store.schema import create_reference_tables
+from audit_watch.store.source import AuditSource
 
 NOW = datetime(2026, 11, 20, 12, 0, tzinfo=timezone.utc)
 

@@ -8,7 +8,7 @@ from datetime import datetime, timedelta, timezone
 import pytest
 from sqlalchemy import text
 
-from audit_watch.cron_runs import expected_runs
+from audit_watch.store.cron_runs import expected_runs
 
 NOW = datetime(2026, 11, 20, 12, 0, tzinfo=timezone.utc)
 

@@ -27,22 +27,24 @@ import pytest
 from apscheduler.schedulers.background import BackgroundScheduler
 from sqlalchemy import create_engine, select, text
 
-from audit_watch import ledger
-from audit_watch.config import Config, SourceConfig
-from audit_watch.daemon import Daemon
-from audit_watch.once import run_once
-from audit_watch.freshness import FRESHNESS_RULE, FreshnessWatch, fires_on_silence, update_freshness_alert
-from audit_watch.render import Renderer
-from audit_watch.row_builder import insert_rows
-from audit_watch.rule_loader import RULE_ADAPTER
-from audit_watch.schema import create_reference_tables
-from audit_watch.source import AuditSource
-from audit_watch.pipeline import alerts_table, process
-from audit_watch.self_alerts import failing_rule_name
-from audit_watch.state import StateStore, outbox
-from audit_watch.runtime import watch_snapshot
-from audit_watch.schedules import TickPoolExecutor, latest_tick, scheduled_time
-from audit_watch.tick import ELSEWHERE, TickContext, run_rule_tick
+from audit_watch.daemon import ledger
+from audit_watch.config.model import Config
+from audit_watch.store.settings import SourceConfig
+from audit_watch.daemon.service import Daemon
+from audit_watch.daemon.once import run_once
+from audit_watch.daemon.freshness import FRESHNESS_RULE, FreshnessWatch, fires_on_silence, update_freshness_alert
+from audit_watch.channels.render import Renderer
+from audit_watch.store.rows import insert_rows
+from audit_watch.rules.loader import RULE_ADAPTER
+from audit_watch.store.schema import create_reference_tables
+from audit_watch.store.source import AuditSource
+from audit_watch.alerting.pipeline import alerts_table, process
+from audit_watch.daemon.self_alerts import failing_rule_name
+from audit_watch.alerting.state import StateStore, outbox
+from audit_watch.daemon.runtime import watch_snapshot
+from audit_watch.daemon.schedules import TickPoolExecutor, latest_tick, scheduled_time
+from audit_watch.daemon.tick import run_rule_tick
+from audit_watch.daemon.context import ELSEWHERE, TickContext
 from fake_slack import FakeSlack
 from smtp_server import SmtpServer, free_port
 from test_ledger import state  # noqa: F401 - state with the ledger tables, both backends

@@ -13,8 +13,8 @@ from typing import Any
 import pytest
 from sqlalchemy import event, insert
 
-from audit_watch.export import export_columns, export_rows, parse_where
-from audit_watch.yaml_source import InputError
+from audit_watch.store.export import export_columns, export_rows, parse_where
+from audit_watch.core.yaml_source import InputError
 
 NOW = datetime(2026, 11, 20, 12, 0, tzinfo=timezone.utc)
 HOUR_AGO = NOW - timedelta(hours=1)

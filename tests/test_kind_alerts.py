@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from urllib.parse import parse_qs, urlsplit
 
-from audit_watch.config import LinksConfig
+from audit_watch.config.model import LinksConfig
 
 PEOPLE = {
     "teams": [{"id": "t1", "name": "Support"}],

@@ -9,11 +9,11 @@ from zoneinfo import ZoneInfo
 import pytest
 from sqlalchemy import insert, select
 
-from audit_watch import ledger
-from audit_watch.rule_loader import RULE_ADAPTER
-from audit_watch.state import StateStore, outbox
-from audit_watch.schedules import ANCHOR, CronScheduleTrigger, interval_trigger, latest_tick, rule_trigger, tick_gap
-from audit_watch.tick import orphan_action
+from audit_watch.daemon import ledger
+from audit_watch.rules.loader import RULE_ADAPTER
+from audit_watch.alerting.state import StateStore, outbox
+from audit_watch.daemon.schedules import ANCHOR, CronScheduleTrigger, interval_trigger, latest_tick, rule_trigger, tick_gap
+from audit_watch.daemon.takeover import orphan_action
 from test_state import T0, emptied_state, state_url  # noqa: F401 - the module-scoped backend fixture
 
 S = timedelta(seconds=1)

@@ -17,15 +17,16 @@ from wsgiref.util import setup_testing_defaults
 import pytest
 from apscheduler.triggers.base import BaseTrigger
 
-from audit_watch import ledger
-from audit_watch.config import Config, HeartbeatConfig
-from audit_watch.evaluate import Evaluation
-from audit_watch.logs import configure_logging
-from audit_watch.ops import Health, Metrics, OpsServer, StateCollector, heartbeat_tick, ops_app, send_heartbeat
-from audit_watch.render import Renderer
-from audit_watch.schedules import interval_trigger, rule_trigger
-from audit_watch.state import StateStore
-from audit_watch.tick import TickContext, TickOutcome
+from audit_watch.daemon import ledger
+from audit_watch.config.model import Config, HeartbeatConfig
+from audit_watch.rules.evaluate import Evaluation
+from audit_watch.core.logs import configure_logging
+from audit_watch.daemon.ops import Health, Metrics, OpsServer, StateCollector, heartbeat_tick, ops_app, send_heartbeat
+from audit_watch.channels.render import Renderer
+from audit_watch.daemon.schedules import interval_trigger, rule_trigger
+from audit_watch.alerting.state import StateStore
+from audit_watch.daemon.tick import TickOutcome
+from audit_watch.daemon.context import TickContext
 from test_ledger import state  # noqa: F401 - state with the ledger tables, both backends
 from test_state import T0, make_rule, state_url  # noqa: F401
 
@@ -118,7 +119,7 @@ def test_metrics_and_other_paths(clock: Clock) -> None:
 
 
 def test_alerts_and_outbox_depth_come_from_the_state_database(state: StateStore) -> None:  # noqa: F811
-    from audit_watch.pipeline import process
+    from audit_watch.alerting.pipeline import process
     from test_state import evaluation, make_alert
 
     config = Config.model_validate({"channels": {"archive": {"type": "file", "path": "/nonexistent"}}})

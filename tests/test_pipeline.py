@@ -11,15 +11,15 @@ from typing import Any
 
 import pytest
 
-from audit_watch import silences
-from audit_watch.config import Config
-from audit_watch.evaluate import evaluate_rule
-from audit_watch.pipeline import alerts_table, deliver_due, outbox_summary, outbox_table, process
-from audit_watch.row_builder import insert_rows
-from audit_watch.rule_loader import RULE_ADAPTER
-from audit_watch.schema import create_reference_tables
-from audit_watch.source import AuditSource
-from audit_watch.state import StateStore
+from audit_watch.alerting import silences
+from audit_watch.config.model import Config
+from audit_watch.rules.evaluate import evaluate_rule
+from audit_watch.alerting.pipeline import alerts_table, deliver_due, outbox_summary, outbox_table, process
+from audit_watch.store.rows import insert_rows
+from audit_watch.rules.loader import RULE_ADAPTER
+from audit_watch.store.schema import create_reference_tables
+from audit_watch.store.source import AuditSource
+from audit_watch.alerting.state import StateStore
 from fake_slack import FakeSlack
 from test_state import T0, evaluation, make_alert, make_rule, state, state_url  # noqa: F401 - fixtures
 
@@ -150,7 +150,7 @@ def test_a_failed_or_stale_evaluation_changes_nothing(fake: FakeSlack, state: St
 
 
 def test_a_rendering_failure_still_notifies(fake: FakeSlack, state: StateStore, monkeypatch: pytest.MonkeyPatch) -> None:
-    import audit_watch.pipeline as pipeline
+    import audit_watch.alerting.pipeline as pipeline
 
     def broken(*_args: Any) -> dict[str, Any]:
         raise RuntimeError("template bug")

@@ -12,9 +12,9 @@ import pytest
 
 from audit_watch.channels.messages import Entry, MessageContext, compose, rule_info
 from audit_watch.channels.slack_blocks import MAX_BLOCKS, MAX_TEXT, Section, build_message, truncate_mrkdwn
-from audit_watch.config import Config
-from audit_watch.notify import redact
-from audit_watch.render import (
+from audit_watch.config.model import Config
+from audit_watch.alerting.notify import redact
+from audit_watch.channels.render import (
     Renderer, SlackSafe, check_templates, duration, mrkdwn_escape, number, percent, reltime, slack_link,
 )
 from test_state import T0, make_alert, make_rule

@@ -15,8 +15,8 @@ from datetime import datetime, timedelta, timezone
 import pytest
 from sqlalchemy import create_engine, select, text
 
-from audit_watch import ledger
-from audit_watch.state import StateStore, alert_states, outbox
+from audit_watch.daemon import ledger
+from audit_watch.alerting.state import StateStore, alert_states, outbox
 from test_daemon import Deployment, live, postgres_pair, replica_id, stop, wait_for  # noqa: F401 - fixtures
 
 RULES = 20

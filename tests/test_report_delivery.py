@@ -19,13 +19,13 @@ import pytest
 from click.testing import CliRunner, Result
 
 from audit_watch.channels.slack_blocks import MAX_BLOCKS, MAX_TEXT
-from audit_watch.cli import main
-from audit_watch.config import Config, load_config
-from audit_watch.outbox import list_entries
-from audit_watch.pipeline import deliver_due, outbox_summary
+from audit_watch.cli.main import main
+from audit_watch.config.model import Config, load_config
+from audit_watch.alerting.outbox import list_entries
+from audit_watch.alerting.pipeline import deliver_due, outbox_summary
 from audit_watch.reports import ReportResult, queue_report, report_definitions, report_payload, run_report
-from audit_watch.source import AuditSource
-from audit_watch.state import StateStore
+from audit_watch.store.source import AuditSource
+from audit_watch.alerting.state import StateStore
 from fake_slack import FakeSlack, rate_limited, slack_error
 from smtp_server import SmtpServer
 from test_email import smtp  # noqa: F401 - fixture
@@ -48,7 +48,7 @@ def config_file(tmp_path: Path, seeded: Any, state_url: str, fake: FakeSlack, sm
                 monkeypatch: pytest.MonkeyPatch) -> Path:
     """audit-watch.yaml: the generated store, the state under test, the three kinds of channel.
     The command's wall clock (when it queues and delivers) is the end of the data."""
-    monkeypatch.setattr("audit_watch.cli.wall_clock", lambda: END)
+    monkeypatch.setattr("audit_watch.cli.main.wall_clock", lambda: END)
     _, db = seeded
     source = db.execute("PRAGMA database_list").fetchone()[2]
     (tmp_path / "reports").mkdir()
@@ -221,7 +221,7 @@ def test_dry_run_queues_and_sends_nothing(config_file: Path, fake: FakeSlack, sm
 
 
 def test_the_command_sends_its_own_report_not_the_rest_of_the_outbox(config_file: Path, state: StateStore) -> None:
-    from audit_watch.outbox import DeliveryPolicy, enqueue
+    from audit_watch.alerting.outbox import DeliveryPolicy, enqueue
 
     with state.write() as conn:     # an alert waiting for the daemon
         waiting = enqueue(conn, channel="archive", kind="firing", rule="some-rule", fingerprints=[],

@@ -25,15 +25,15 @@ from test_daemon import (  # noqa: F401 - fixtures
 from test_ledger import state  # noqa: F401 - state with the ledger tables, both backends
 from test_state import T0, state_url  # noqa: F401
 
-from audit_watch import ledger
-from audit_watch.config import SourceConfig
-from audit_watch.daemon import Daemon
-from audit_watch.report_jobs import report_trigger, run_report_tick
+from audit_watch.daemon import ledger
+from audit_watch.store.settings import SourceConfig
+from audit_watch.daemon.service import Daemon
+from audit_watch.daemon.report_jobs import report_trigger, run_report_tick
 from audit_watch.reports.model import DEFINITION_MODELS
-from audit_watch.schedules import latest_tick
-from audit_watch.source import AuditSource
-from audit_watch.state import StateStore, outbox
-from audit_watch.tick import ELSEWHERE, TickContext
+from audit_watch.daemon.schedules import latest_tick
+from audit_watch.store.source import AuditSource
+from audit_watch.alerting.state import StateStore, outbox
+from audit_watch.daemon.context import ELSEWHERE, TickContext
 
 BERLIN = ZoneInfo("Europe/Berlin")
 KATHMANDU = ZoneInfo("Asia/Kathmandu")
@@ -214,7 +214,7 @@ def test_run_sends_a_report_at_its_cron_minute_in_its_time_zone(live: Deployment
 
 
 def test_run_once_sends_the_reports_that_are_due(deployment: Path, capsys: pytest.CaptureFixture[str]) -> None:  # noqa: F811
-    from audit_watch.once import run_once
+    from audit_watch.daemon.once import run_once
 
     _add_report(deployment, {"name": "hourly-triage", "report": "triage", "period": "1h", "channels": ["archive"],
                              "schedule": "0 * * * *", "timezone": "UTC"})
@@ -252,8 +252,8 @@ def test_a_reload_adds_reschedules_and_removes_report_jobs(deployment: Path) -> 
 
 
 def test_a_dead_replicas_report_run_is_taken_over_while_still_timely(deployment: Path) -> None:  # noqa: F811
-    from audit_watch.runtime import load_runtime
-    from audit_watch.tick import settle_orphans
+    from audit_watch.daemon.runtime import load_runtime
+    from audit_watch.daemon.takeover import settle_orphans
 
     _add_report(deployment, {"name": "hourly-triage", "report": "triage", "period": "1h", "channels": ["archive"],
                              "schedule": "0 * * * *", "timezone": "UTC"})

@@ -45,10 +45,10 @@ from typing import Any
 import pytest
 from PIL import Image
 
-from audit_watch.config import Config
+from audit_watch.config.model import Config
 from audit_watch.reports import ReportResult, email_message, run_report
-from audit_watch.seed import seed_database
-from audit_watch.source import AuditSource
+from audit_watch.demo.seed import seed_database
+from audit_watch.store.source import AuditSource
 
 END = datetime(2026, 11, 20, 12, 0, tzinfo=timezone.utc)
 SEED, SCALE = 42, 0.25

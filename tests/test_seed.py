@@ -12,16 +12,16 @@ from zoneinfo import ZoneInfo
 import pytest
 from sqlalchemy import create_engine, inspect, select, text
 
-from audit_watch.schema import build_tables
-from audit_watch.seed import (
+from audit_watch.store.schema import build_tables
+from audit_watch.demo.seed import (
     SeedError,
     planted_incidents,
     read_seed_end,
     read_seed_run,
     seed_database,
 )
-from audit_watch.seed import incidents as inc
-from audit_watch.seed.world import NEW_IP, build_world
+from audit_watch.demo.seed import incidents as inc
+from audit_watch.demo.seed.world import NEW_IP, build_world
 
 UTC = timezone.utc
 END = datetime(2026, 11, 20, 12, tzinfo=UTC)

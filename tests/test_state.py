@@ -16,13 +16,13 @@ from typing import Any
 import pytest
 from sqlalchemy import MetaData, delete, select, update
 
-from audit_watch.alert import Alert
-from audit_watch.evaluate import Evaluation
-from audit_watch.notify import decide
-from audit_watch.rule_loader import RULE_ADAPTER
-from audit_watch.rule_model import RuleBase
-from audit_watch import silences
-from audit_watch.state import (
+from audit_watch.rules.alert import Alert
+from audit_watch.rules.evaluate import Evaluation
+from audit_watch.alerting.notify import decide
+from audit_watch.rules.loader import RULE_ADAPTER
+from audit_watch.rules.model import RuleBase
+from audit_watch.alerting import silences
+from audit_watch.alerting.state import (
     SCHEMA_VERSION, StateError, StateStore, alert_states, alert_threads, metadata, outbox, schema_version,
 )
 
@@ -105,7 +105,7 @@ def test_schema_is_created_versioned_and_reopening_is_harmless(state: StateStore
 def test_replicas_starting_together_create_the_schema_once() -> None:
     from concurrent.futures import ThreadPoolExecutor
 
-    from audit_watch import ledger
+    from audit_watch.daemon import ledger
 
     def start(url: str) -> None:
         store = StateStore.open(url)
@@ -257,8 +257,8 @@ def test_silence_validation(state: StateStore) -> None:
 
 def test_states_survive_in_the_database(state: StateStore) -> None:
     """process() writes what decide() said; a second store object reads it back."""
-    from audit_watch.config import Config
-    from audit_watch.pipeline import alerts_table, process
+    from audit_watch.config.model import Config
+    from audit_watch.alerting.pipeline import alerts_table, process
 
     config = Config.model_validate({"channels": {"oncall": {"type": "file", "path": "unused"}}})
     rule = make_rule(**{"for": "5m"})

@@ -16,12 +16,12 @@ from typing import Any
 
 import pytest
 
-from audit_watch.alert import Alert
-from audit_watch.evaluate import evaluate_rule
-from audit_watch.rule_kinds import KINDS, EvalContext
-from audit_watch.rule_loader import RULE_ADAPTER
-from audit_watch.rule_model import RuleBase
-from audit_watch.source import AuditSource, Moment, StatementCache
+from audit_watch.rules.alert import Alert
+from audit_watch.rules.evaluate import evaluate_rule
+from audit_watch.rules.kinds import KINDS, EvalContext
+from audit_watch.rules.loader import RULE_ADAPTER
+from audit_watch.rules.model import RuleBase
+from audit_watch.store.source import AuditSource, Moment, StatementCache
 
 NOW = datetime(2026, 11, 20, 12, 0, tzinfo=timezone.utc)
 

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from audit_watch.channels.base import Channel, DeliveryResult, Notification
-from audit_watch.config import EmailChannel, FileChannel, SlackChannel, SlackWebhookChannel
+from audit_watch.channels.settings import EmailChannel, FileChannel, SlackChannel, SlackWebhookChannel
 
 __all__ = ["Channel", "DeliveryResult", "Notification", "make_channel", "threaded"]
 

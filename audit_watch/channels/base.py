@@ -66,8 +66,3 @@ class Channel(ABC):
 
     def close(self) -> None:
         """Release connections (nothing by default)."""
-
-
-def short_error(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {text[0] if text else ''}"[:500]

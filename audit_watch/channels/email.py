@@ -26,8 +26,9 @@ from email.message import EmailMessage
 from email.utils import format_datetime
 from typing import Any
 
-from audit_watch.channels.base import Channel, DeliveryResult, Notification, short_error
-from audit_watch.config import EmailChannel
+from audit_watch.channels.base import Channel, DeliveryResult, Notification
+from audit_watch.core.errors import short_error
+from audit_watch.channels.settings import EmailChannel
 
 log = logging.getLogger(__name__)
 

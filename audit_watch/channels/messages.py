@@ -21,11 +21,11 @@ from typing import Any
 import css_inline
 
 from audit_watch.channels.slack_blocks import Section, build_message
-from audit_watch.config import EmailChannel, FileChannel, SlackChannel, SlackWebhookChannel
-from audit_watch.durations import format_duration
-from audit_watch.render import Renderer, mrkdwn_escape
-from audit_watch.schema import parse_timestamp
-from audit_watch.state import alert_from_json
+from audit_watch.channels.settings import EmailChannel, FileChannel, SlackChannel, SlackWebhookChannel
+from audit_watch.core.durations import format_duration
+from audit_watch.channels.render import Renderer, mrkdwn_escape
+from audit_watch.core.timestamps import parse_timestamp
+from audit_watch.core.labels import group_label
 
 SEVERITY_EMOJI = {"critical": "🔴", "warning": "🟠", "info": "🔵"}
 _INLINER = css_inline.CSSInliner(load_remote_stylesheets=False)
@@ -68,15 +68,11 @@ def alert_view(entry: Entry, max_rows: int) -> dict[str, Any]:
         window_start=start, window_end=end, window=end - start,
         rows=[{"id": rid, "link": link} for rid, link in zip(row_ids, links)][:max_rows],
         more_rows=max(0, len(row_ids) - max_rows),
-        group_label=view.get("group_label") or _group_label(view),
+        group_label=view.get("group_label") or group_label(view.get("group") or {}, view.get("group_names") or {}),
         status=entry.status, started_at=entry.started_at, fired_at=entry.fired_at, resolved_at=entry.resolved_at,
         firing_for=(entry.resolved_at - entry.fired_at) if entry.fired_at and entry.resolved_at else None,
     )
     return view
-
-
-def _group_label(view: dict[str, Any]) -> str:
-    return alert_from_json(view).group_label
 
 
 def template_context(ctx: MessageContext, max_rows: int) -> dict[str, Any]:

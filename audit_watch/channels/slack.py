@@ -22,8 +22,9 @@ from slack_sdk import WebClient
 from slack_sdk.errors import SlackApiError
 from slack_sdk.webhook import WebhookClient
 
-from audit_watch.channels.base import Channel, DeliveryResult, Notification, short_error
-from audit_watch.config import SlackChannel, SlackWebhookChannel
+from audit_watch.channels.base import Channel, DeliveryResult, Notification
+from audit_watch.core.errors import short_error
+from audit_watch.channels.settings import SlackChannel, SlackWebhookChannel
 
 log = logging.getLogger(__name__)
 

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from audit_watch.config import Config
+from audit_watch.config.model import Config
 from audit_watch.reports import compliance, token_usage, triage, weekly_digest
 from audit_watch.reports.delivery import (
     check_report_channels, enqueue_report, queue_report, report_payload, report_payloads,
@@ -34,8 +34,8 @@ from audit_watch.reports.output import (
 from audit_watch.reports.periods import Period, report_period
 from audit_watch.reports.render_report import MEDIA, render, template_folders
 from audit_watch.reports.scope import ResolvedScope, Scope, resolve_scope
-from audit_watch.source import AuditSource
-from audit_watch.yaml_source import InputError, Problem
+from audit_watch.store.source import AuditSource
+from audit_watch.core.yaml_source import InputError, Problem
 
 
 @dataclass(frozen=True)

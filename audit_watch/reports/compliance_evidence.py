@@ -25,7 +25,7 @@ from sqlalchemy.sql.elements import ColumnElement
 
 from audit_watch.reports.inputs import ReportInputs
 from audit_watch.reports.queries import SENSITIVE_EVENT_TYPES, Span, shorten
-from audit_watch.source import AuditSource
+from audit_watch.store.source import AuditSource
 
 SIGN_IN, FAILED_SIGN_IN = "auth.login", "auth.login_failed"
 SECTIONS = ("thread", "failed_job", "sign_in", "failed_sign_in", "sensitive_action", "account_change")

@@ -20,8 +20,8 @@ from sqlalchemy.engine import Connection
 
 from audit_watch.reports.queries import Span, grouped, latest, lookup_names
 from audit_watch.reports.scope import ResolvedScope
-from audit_watch.cron_runs import FIRED, expected_runs, fired_per_run
-from audit_watch.source import AuditSource
+from audit_watch.store.cron_runs import FIRED, expected_runs, fired_per_run
+from audit_watch.store.source import AuditSource
 
 log = logging.getLogger(__name__)
 DEFAULT_GRACE = timedelta(minutes=15)

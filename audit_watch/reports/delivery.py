@@ -3,7 +3,7 @@
 A report is rendered once (:func:`audit_watch.reports.build_report`); queueing
 it renders one payload per channel and stores it in the outbox row (kind
 ``report``, rule = the report's name, no fingerprints), so a delivery retried
-tomorrow sends what was built today. :func:`audit_watch.pipeline.deliver_due`
+tomorrow sends what was built today. :func:`audit_watch.alerting.pipeline.deliver_due`
 then sends it like any notification. Payloads, all plain JSON:
 
 * slack / slack_webhook: ``{"title", "text", "blocks"}``: a header with the
@@ -30,11 +30,12 @@ from typing import Any
 from sqlalchemy.engine import Connection
 
 from audit_watch.channels.slack_blocks import MAX_TEXT, Section, build_message
-from audit_watch.config import Config, EmailChannel, FileChannel, SlackChannel, SlackWebhookChannel
-from audit_watch.outbox import DeliveryPolicy, enqueue
+from audit_watch.config.model import Config
+from audit_watch.channels.settings import EmailChannel, FileChannel, SlackChannel, SlackWebhookChannel
+from audit_watch.alerting.outbox import DeliveryPolicy, enqueue
 from audit_watch.reports.output import ReportResult, email_payload
 from audit_watch.reports.render_report import escape_slack
-from audit_watch.state import StateStore
+from audit_watch.alerting.state import StateStore
 
 ChannelConfig = SlackChannel | SlackWebhookChannel | EmailChannel | FileChannel
 

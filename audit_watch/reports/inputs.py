@@ -9,13 +9,13 @@ from typing import Any
 
 from sqlalchemy.engine import Connection
 
-from audit_watch.config import LinksConfig
-from audit_watch.links import list_link, row_link
+from audit_watch.config.model import LinksConfig
+from audit_watch.rules.links import list_link, row_link
 from audit_watch.reports.model import ReportDefinitionBase
 from audit_watch.reports.periods import Period
 from audit_watch.reports.queries import Span
 from audit_watch.reports.scope import ResolvedScope
-from audit_watch.source import AuditSource
+from audit_watch.store.source import AuditSource
 
 
 @dataclass(frozen=True)

@@ -23,10 +23,10 @@ from typing import Annotated, Literal, Union
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 from pydantic_core import PydanticCustomError
 
-from audit_watch.durations import Duration
+from audit_watch.core.durations import Duration
 from audit_watch.reports.periods import check_period_spec
 from audit_watch.reports.scope import Scope
-from audit_watch.rule_model import CronExpression, TimeZoneName, check_channel_names
+from audit_watch.core.validators import CronExpression, TimeZoneName, check_channel_names
 
 REPORT_NAMES = ("weekly-digest", "compliance", "token-usage", "triage")
 WEEKDAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")

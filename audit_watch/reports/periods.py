@@ -18,9 +18,9 @@ from datetime import date, datetime, time, timedelta, timezone
 from typing import Literal
 from zoneinfo import ZoneInfo
 
-from audit_watch.durations import format_duration, parse_duration
-from audit_watch.rule_model import check_timezone
-from audit_watch.schema import as_utc
+from audit_watch.core.durations import format_duration, parse_duration
+from audit_watch.core.validators import check_timezone
+from audit_watch.core.timestamps import as_utc
 
 Unit = Literal["duration", "day", "week", "month"]
 CALENDAR_SPECS: dict[str, Unit] = {"yesterday": "day", "last_week": "week", "last_month": "month"}

@@ -22,7 +22,7 @@ from sqlalchemy import case, func, literal, or_, select
 from sqlalchemy.engine import Connection
 from sqlalchemy.sql.elements import ColumnElement
 
-from audit_watch.source import AuditSource
+from audit_watch.store.source import AuditSource
 
 # The catalogue's sensitive actions (audit-store.md, rows marked "yes"), in words.
 SENSITIVE_EVENT_TYPES: dict[str, str] = {

@@ -31,9 +31,9 @@ from jinja2 import FileSystemLoader, StrictUndefined, pass_context
 from jinja2.runtime import Context
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
-from audit_watch.config import REPO_ROOT, Config
+from audit_watch.config.model import Config
+from audit_watch.core.paths import BUNDLED_TEMPLATES
 
-BUNDLED_TEMPLATES = REPO_ROOT / "templates"
 MEDIA: dict[str, str] = {"html": "html", "text": "txt", "markdown": "md", "slack": "slack.txt"}
 _CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f\x80-\x9f\u200b-\u200f\u202a-\u202e\u2066-\u2069]")
 # Characters that format or link anywhere in a line; the others matter only where a

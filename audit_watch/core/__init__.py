@@ -1,0 +1,1 @@
+"""Shared vocabulary of every stage: durations, time stamps, cron, located YAML, errors."""

@@ -1,0 +1,115 @@
+"""When things run: the ticks of rules, reports and built-in jobs.
+
+Every replica must compute the same ticks, so an ``every`` interval counts from a
+fixed anchor, and a ``schedule`` is standard cron read by cronsim (APScheduler 3's
+``from_crontab`` takes 0 as Monday). :class:`TickPoolExecutor` tells each run the
+tick it was due for, so that a run that starts late still evaluates its own tick.
+"""
+
+from __future__ import annotations
+
+import threading
+from datetime import datetime, timedelta, timezone
+from typing import Any
+from zoneinfo import ZoneInfo
+
+from apscheduler.executors.base import run_job
+from apscheduler.executors.pool import ThreadPoolExecutor
+from apscheduler.triggers.base import BaseTrigger
+from apscheduler.triggers.interval import IntervalTrigger
+from cronsim import CronSim
+
+from audit_watch.rules.model import RuleBase
+
+# Ticks of an `every` count from here (a Monday, 00:00 UTC): the same on every replica,
+# and on the hour/day/week for intervals that divide those.
+ANCHOR = datetime(2001, 1, 1, tzinfo=timezone.utc)
+_SECOND = timedelta(seconds=1)
+
+
+class CronScheduleTrigger(BaseTrigger):
+    """A five-field cron expression in a time zone, read as cron reads it (cronsim:
+    Sunday is 0, day-of-month OR day-of-week, DST like Debian cron)."""
+
+    def __init__(self, expr: str, zone: ZoneInfo) -> None:
+        self.expr, self.zone = expr, zone
+        next(iter(CronSim(expr, datetime.now(zone))))  # fail now on a bad expression
+
+    def get_next_fire_time(self, previous_fire_time: datetime | None, now: datetime) -> datetime | None:
+        if previous_fire_time is not None:
+            start = previous_fire_time                  # strictly after the previous one
+        else:
+            start = now - _SECOND if now.microsecond == 0 else now  # at or after now
+        return next(iter(CronSim(self.expr, start.astimezone(self.zone))), None)
+
+    def latest(self, now: datetime) -> datetime:
+        start = now.replace(microsecond=0) + _SECOND
+        return next(iter(CronSim(self.expr, start.astimezone(self.zone), reverse=True))).astimezone(timezone.utc)
+
+    def __str__(self) -> str:
+        return f"cron[{self.expr}, {self.zone.key}]"
+
+    def __repr__(self) -> str:
+        return f"<CronScheduleTrigger {self.expr!r} {self.zone.key}>"
+
+
+_scheduled = threading.local()
+
+
+class TickPoolExecutor(ThreadPoolExecutor):
+    """APScheduler's thread pool, telling each run the tick it was scheduled for
+    (:func:`scheduled_time`): a run that starts late still evaluates its own tick.
+    A custom executor is APScheduler 3's documented extension point."""
+
+    def _do_submit_job(self, job: Any, run_times: list[datetime]) -> None:
+        logger_name = self._logger.name
+
+        def run() -> list[Any]:
+            events: list[Any] = []
+            for run_time in run_times:  # one with coalescing
+                _scheduled.value = run_time
+                try:
+                    events.extend(run_job(job, job._jobstore_alias, [run_time], logger_name))
+                finally:
+                    _scheduled.value = None
+            return events
+
+        def done(future: Any) -> None:
+            exc = future.exception()
+            if exc is not None:
+                self._run_job_error(job.id, exc, exc.__traceback__)
+            else:
+                self._run_job_success(job.id, future.result())
+
+        self._pool.submit(run).add_done_callback(done)
+
+
+def scheduled_time() -> datetime | None:
+    """The tick the running job was scheduled for (None outside a scheduled run)."""
+    return getattr(_scheduled, "value", None)
+
+
+def interval_trigger(every: timedelta) -> IntervalTrigger:
+    return IntervalTrigger(seconds=max(1, int(every.total_seconds())), start_date=ANCHOR, timezone=timezone.utc)
+
+
+def rule_trigger(rule: RuleBase, default_timezone: str) -> BaseTrigger:
+    if rule.schedule:
+        return CronScheduleTrigger(rule.schedule, ZoneInfo(rule.timezone or default_timezone))
+    return interval_trigger(rule.interval)
+
+
+def latest_tick(trigger: BaseTrigger, now: datetime) -> datetime:
+    """The most recent tick at or before ``now``: what a run at ``now`` is due for."""
+    if isinstance(trigger, CronScheduleTrigger):
+        return trigger.latest(now)
+    if isinstance(trigger, IntervalTrigger):
+        steps = (now - trigger.start_date) // trigger.interval
+        return (trigger.start_date + steps * trigger.interval).astimezone(timezone.utc)
+    raise TypeError(f"no latest tick for {trigger!r}")
+
+
+def tick_gap(trigger: BaseTrigger, tick: datetime) -> timedelta:
+    """The time from ``tick`` to the next one."""
+    following = trigger.get_next_fire_time(tick, tick)
+    return (following - tick) if following is not None else timedelta(days=1)

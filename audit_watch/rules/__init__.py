@@ -1,0 +1,1 @@
+"""Rule evaluation: rule models and loading, one module per kind, evaluate, alerts, links."""

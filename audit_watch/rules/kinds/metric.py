@@ -1,0 +1,158 @@
+"""``metric``: an aggregate of a column against a threshold or its own baseline.
+
+Rows are put in buckets of the window's length counted back from ``now``
+(bucket 0 is the window, 1 the one before, ...) and aggregated per group and
+bucket in SQL. With ``baseline`` the current value is compared with the mean of
+the buckets before it; a bucket without rows is missing, not zero, so a new or
+part-time group is judged by the periods it was active in. A group without any
+baseline bucket is skipped unless ``min_value`` is set and met.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import Float, Select, and_, case, cast, func, literal, or_, select
+from sqlalchemy.sql.elements import ColumnElement
+
+from audit_watch.rules.alert import Finding
+from audit_watch.rules.kinds.base import EvalContext, Moments, Prepared, RuleKind, compare, group_columns, group_of
+from audit_watch.rules.model import MetricRule
+from audit_watch.core.numbers import format_number
+from audit_watch.store.source import AuditSource
+from audit_watch.store.where import where_clause
+
+
+def bucket_index(
+    src: AuditSource, time: ColumnElement[Any], rule: MetricRule, moments: Moments, periods: int
+) -> ColumnElement[Any]:
+    """0 for the window, k for the k-th window before it (exact half-open bounds)."""
+    if periods == 0:
+        return literal(0)  # the rows are already limited to the window
+    whens = [
+        (src.flag_between(time, moments.ago(rule.window * (k + 1)), moments.ago(rule.window * k)), k)
+        for k in range(periods + 1)
+    ]
+    return case(*whens, else_=None)
+
+
+def aggregate_per_bucket(src: AuditSource, rows: Any, group_count: int, aggregate: str) -> Select[Any]:
+    """One row per (group, bucket) with the aggregate as ``value``."""
+    keys = [rows.c[f"g{i}"] for i in range(group_count)] + [rows.c.bucket]
+    if aggregate == "p95":
+        return _p95_per_bucket(src, rows, keys)
+    function = {
+        "count": func.count(rows.c.v),
+        "sum": func.sum(rows.c.v),
+        "avg": func.avg(cast(rows.c.v, Float)),
+        "min": func.min(rows.c.v),
+        "max": func.max(rows.c.v),
+    }[aggregate]
+    return select(*keys, function.label("value")).group_by(*keys)
+
+
+def _p95_per_bucket(src: AuditSource, rows: Any, keys: list[Any]) -> Select[Any]:
+    """Nearest-rank 95th percentile, identical on both backends."""
+    if src.dialect == "postgresql":
+        return select(*keys, func.percentile_disc(0.95).within_group(rows.c.v).label("value")).group_by(*keys)
+    ranked = select(
+        *keys,
+        rows.c.v,
+        func.row_number().over(partition_by=keys, order_by=rows.c.v).label("rn"),
+        func.count().over(partition_by=keys).label("n"),
+    ).subquery()
+    # ceil(0.95 * n) in integer arithmetic
+    return select(*(ranked.c[k.name] for k in keys), ranked.c.v.label("value")).where(
+        ranked.c.rn == (ranked.c.n * 95 + 99) // 100
+    )
+
+
+class Metric(RuleKind):
+    name = "metric"
+
+    def find(self, rule: MetricRule, ctx: EvalContext) -> list[Finding]:
+        stmt = ctx.prepared(rule, (self.name, "find"), lambda moments: self.statement(rule, ctx.src, moments))
+        if rule.threshold is not None:
+            return [
+                Finding(group=group_of(rule.group_by, row), value=_num(row.value), threshold=str(rule.threshold))
+                for row in ctx.execute(stmt)
+            ]
+        return self._baseline_findings(rule, ctx, stmt)
+
+    def statement(self, rule: MetricRule, src: AuditSource, moments: Moments) -> Select[Any]:
+        periods = rule.baseline.periods if rule.baseline else 0
+        time = src.time_column(rule.source)
+        groups = group_columns(src, rule.source, rule.group_by)
+        # count counts rows where the field is set (a text JSON key too); the other
+        # aggregates need numbers (a JSON key counts only where it holds a number).
+        if rule.aggregate == "count":
+            value = src.column(rule.source, rule.field)
+        else:
+            value = src.numeric_column(rule.source, rule.field)
+        rows = (
+            select(*groups, bucket_index(src, time, rule, moments, periods).label("bucket"), value.label("v"))
+            .where(
+                where_clause(src, rule.source, rule.where),
+                src.between(time, moments.ago(rule.window * (periods + 1)), moments.now),
+                value.is_not(None),
+            )
+            .subquery()
+        )
+        per_bucket = aggregate_per_bucket(src, rows, len(groups), rule.aggregate).subquery()
+        gkeys = [per_bucket.c[f"g{i}"] for i in range(len(groups))]
+        if rule.threshold is not None:
+            return select(*gkeys, per_bucket.c.value).where(
+                per_bucket.c.bucket == 0, compare(per_bucket.c.value, rule.threshold)
+            )
+        return self._baseline_statement(rule, per_bucket, gkeys)
+
+    def _baseline_statement(self, rule: MetricRule, per_bucket: Any, gkeys: list[Any]) -> Select[Any]:
+        assert rule.baseline is not None
+        summary = (
+            select(
+                *gkeys,
+                func.max(case((per_bucket.c.bucket == 0, per_bucket.c.value))).label("current"),
+                func.avg(case((per_bucket.c.bucket > 0, cast(per_bucket.c.value, Float)))).label("baseline"),
+                func.count(case((per_bucket.c.bucket > 0, 1))).label("periods_seen"),
+            )
+            .group_by(*gkeys)
+            .subquery()
+        )
+        against_baseline = and_(
+            summary.c.periods_seen > 0, summary.c.current > summary.c.baseline * rule.baseline.factor
+        )
+        fires = against_baseline
+        if rule.min_value is not None:
+            fires = or_(against_baseline, and_(summary.c.periods_seen == 0, summary.c.current >= rule.min_value))
+        return select(summary).where(summary.c.current.is_not(None), fires)
+
+    def _baseline_findings(self, rule: MetricRule, ctx: EvalContext, stmt: Prepared[Select[Any]]) -> list[Finding]:
+        assert rule.baseline is not None
+        findings = []
+        for row in ctx.execute(stmt):
+            baseline = float(row.baseline) if row.baseline is not None else None
+            threshold = (
+                f"> {format_number(baseline * rule.baseline.factor)}" if baseline is not None else f">= {format_number(rule.min_value)}"
+            )
+            findings.append(
+                Finding(
+                    group=group_of(rule.group_by, row),
+                    value=_num(row.current),
+                    threshold=threshold,
+                    baseline=round(baseline, 3) if baseline is not None else None,
+                    details={
+                        "aggregate": rule.aggregate,
+                        "field": rule.field,
+                        "periods_seen": int(row.periods_seen),
+                        "periods": rule.baseline.periods,
+                        "factor": rule.baseline.factor,
+                        "ratio": round(float(row.current) / baseline, 2) if baseline else None,
+                    },
+                )
+            )
+        return findings
+
+
+def _num(value: Any) -> float:
+    value = float(value)
+    return int(value) if value.is_integer() else round(value, 4)

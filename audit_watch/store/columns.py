@@ -1,0 +1,45 @@
+"""Which columns a rule may name, per source (a static catalogue, no database needed).
+
+Rules speak in the reference schema's logical names; renames in config map them
+to physical columns. Besides the real columns a rule may use:
+- ``total_tokens`` on jobs (``input_tokens + output_tokens``, rules.md);
+- ``metadata.KEY`` on events (a key of the JSON metadata).
+"""
+
+from __future__ import annotations
+
+from audit_watch.store.schema import REFERENCE_COLUMNS
+
+COMPUTED_COLUMNS: dict[str, set[str]] = {"jobs": {"total_tokens"}}
+JSON_COLUMN: dict[str, str] = {"events": "metadata"}
+NUMERIC_COLUMNS: dict[str, set[str]] = {
+    "jobs": {"input_tokens", "output_tokens", "total_tokens"},
+    "threads": {"message_count"},
+    "events": set(),
+}
+TIME_COLUMNS = {"created_at", "started_at", "finished_at", "last_activity_at"}
+
+
+def real_columns(table: str) -> list[str]:
+    return [name for name, _, _ in REFERENCE_COLUMNS[table]]
+
+
+def is_json_key(table: str, name: str) -> bool:
+    prefix = JSON_COLUMN.get(table)
+    return bool(prefix) and name.startswith(prefix + ".") and len(name) > len(prefix) + 1
+
+
+def column_problem(table: str, name: str, numeric: bool = False) -> str | None:
+    """None when ``name`` is usable on ``table``, else a message that lists the choices."""
+    if not isinstance(name, str) or not name:
+        return "a column name is required"
+    if is_json_key(table, name):
+        return None  # JSON values are cast to numbers where a number is needed
+    known = set(real_columns(table)) | COMPUTED_COLUMNS.get(table, set())
+    if name not in known:
+        extra = f", or {JSON_COLUMN[table]}.KEY" if table in JSON_COLUMN else ""
+        return f"unknown column {name!r} of {table} (columns: {', '.join(sorted(known))}{extra})"
+    if numeric and name not in NUMERIC_COLUMNS.get(table, set()):
+        numeric_cols = sorted(NUMERIC_COLUMNS.get(table, set()))
+        return f"column {name!r} of {table} is not numeric (numeric: {', '.join(numeric_cols) or 'none'})"
+    return None
