@@ -33,7 +33,7 @@ import time
 import urllib.error
 import urllib.request
 from collections import Counter, defaultdict
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -46,9 +46,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from bench_rules import machine  # noqa: E402
 
+from audit_watch.alerting.state import StateStore  # noqa: E402
 from audit_watch.daemon import ledger  # noqa: E402
 from audit_watch.demo.seed import read_seed_end, seed_database  # noqa: E402
-from audit_watch.alerting.state import StateStore  # noqa: E402
 
 SERVER = "postgresql://postgres@127.0.0.1:5432"
 BIG_STORE = f"{SERVER}/audit_watch_bench"
@@ -89,7 +89,7 @@ def choose_store(url: str | None, scale: float) -> tuple[str, str]:
         return url, "given with --url"
     if not (database_exists(OWN_STORE) and _seeded_ahead(OWN_STORE, scale)):
         recreate(OWN_STORE)
-        end = datetime.now(timezone.utc).replace(minute=0, second=0, microsecond=0) + timedelta(hours=6)
+        end = datetime.now(UTC).replace(minute=0, second=0, microsecond=0) + timedelta(hours=6)
         print(f"seeding {OWN_STORE} at scale {scale} ...", flush=True)
         print(seed_database(OWN_STORE, days=30, seed=42, scale=scale, end=end, progress=True), flush=True)
         vacuum = create_engine(OWN_STORE, isolation_level="AUTOCOMMIT")   # not autovacuum during a run
@@ -114,7 +114,7 @@ def _seeded_ahead(url: str, scale: float) -> bool:
         return False
     finally:
         engine.dispose()
-    return end is not None and float(seeded) == scale and end > datetime.now(timezone.utc) + timedelta(hours=1)
+    return end is not None and float(seeded) == scale and end > datetime.now(UTC) + timedelta(hours=1)
 
 
 def store_facts(url: str) -> dict[str, Any]:
@@ -192,7 +192,7 @@ def run(store: str, rules: int, minutes: float, mix: str, workers: int, env: dic
         }))
         listen = "127.0.0.1:19465"
         log = (folder / "daemon.log").open("wb")
-        started = datetime.now(timezone.utc)
+        started = datetime.now(UTC)
         load_start = os.getloadavg()
         proc = subprocess.Popen([sys.executable, "-m", "audit_watch", "run", "--config", str(config), "--listen",
                                  listen], stdout=log, stderr=subprocess.STDOUT, cwd=folder, env={**os.environ, **env})
@@ -214,7 +214,7 @@ def run(store: str, rules: int, minutes: float, mix: str, workers: int, env: dic
             proc.send_signal(signal.SIGTERM)
             code = proc.wait(timeout=30)
             stop_seconds = time.monotonic() - stop_started
-        ended = datetime.now(timezone.utc)
+        ended = datetime.now(UTC)
         load_end = os.getloadavg()
         log.close()
         errors_logged = [line for line in (folder / "daemon.log").read_text().splitlines() if " ERROR " in line]

@@ -30,7 +30,7 @@ import tempfile
 import threading
 import time
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from sqlalchemy import create_engine, text
@@ -40,6 +40,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from audit_watch.demo.seed import read_seed_run  # noqa: E402
+
 from machine import machine  # noqa: E402
 
 DEFAULT_URL = "postgresql://postgres@127.0.0.1:5432/audit_watch_bench"
@@ -62,7 +63,7 @@ def versions(url: str) -> str:
 
 
 def iso(moment: datetime) -> str:
-    return moment.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def count_jobs(url: str, start: datetime, end: datetime) -> tuple[int, int]:
@@ -173,7 +174,7 @@ def report(path: Path, runs: list[Run], url: str, seed_line: str, total_jobs: in
     lines = [
         "# Benchmark: export of 10 million jobs from PostgreSQL",
         "",
-        f"Run {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC by `{command}`.",
+        f"Run {datetime.now(UTC):%Y-%m-%d %H:%M} UTC by `{command}`.",
         "",
         f"- Machine: {machine()}" + (f"; load average (1 min) {load}" if load else ""),
         f"- Store: `{url}` ({versions(url)}); {seed_line}; {total_jobs:,} jobs in the table",

@@ -16,7 +16,7 @@ import os
 import statistics
 import sys
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 from sqlalchemy import create_engine, text
@@ -25,14 +25,14 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from hand_sql import HAND_SQL, load_crons  # noqa: E402
-from machine import machine  # noqa: E402
-
+from audit_watch.demo.seed import read_seed_end, seed_database  # noqa: E402
 from audit_watch.rules.evaluate import evaluate_rule  # noqa: E402
 from audit_watch.rules.kinds import KINDS, EvalContext  # noqa: E402
 from audit_watch.rules.loader import load_rules  # noqa: E402
-from audit_watch.demo.seed import read_seed_end, seed_database  # noqa: E402
 from audit_watch.store.source import AuditSource  # noqa: E402
+
+from hand_sql import HAND_SQL, load_crons  # noqa: E402
+from machine import machine  # noqa: E402
 
 DEFAULT_URL = "postgresql://postgres@127.0.0.1:5432/audit_watch_bench"
 
@@ -145,7 +145,7 @@ def write_results(path: Path, rows: list[tuple], jobs: int, version: str, now: d
     lines = [
         "# Benchmark: rule engine vs hand-written SQL",
         "",
-        f"Run {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC by `benchmarks/bench_rules.py --scale {args.scale:g} --repeat {args.repeat}`.",
+        f"Run {datetime.now(UTC):%Y-%m-%d %H:%M} UTC by `benchmarks/bench_rules.py --scale {args.scale:g} --repeat {args.repeat}`.",
         "",
         f"- Machine: {machine()}",
         f"- PostgreSQL {version}, {jobs:,} jobs (30 days, `seed --scale {args.scale:g}`), evaluated at {now:%Y-%m-%d %H:%M} UTC",

@@ -10,22 +10,22 @@ server the PostgreSQL half is skipped loudly, unless ``CI`` is set: then it fail
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Mapping
-from datetime import datetime, timezone
+from datetime import UTC, datetime, timezone
 from typing import Any
 
 import pytest
 from sqlalchemy import delete
 
-from audit_watch.rules.alert import Alert
 from audit_watch.config.model import LinksConfig
+from audit_watch.rules.alert import Alert
 from audit_watch.rules.evaluate import evaluate_rule
-from audit_watch.store.rows import insert_rows
 from audit_watch.rules.loader import RULE_ADAPTER
+from audit_watch.store.rows import insert_rows
 from audit_watch.store.schema import create_reference_tables
 from audit_watch.store.source import AuditSource
 
 # The fixed "now" of every test (no test reads the wall clock).
-NOW = datetime(2026, 11, 20, 12, 0, tzinfo=timezone.utc)
+NOW = datetime(2026, 11, 20, 12, 0, tzinfo=UTC)
 
 from pg import SKIPPED, temporary_postgres  # noqa: E402  (tests/ is on sys.path)
 

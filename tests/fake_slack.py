@@ -67,7 +67,7 @@ class FakeSlack:
         fake = self
 
         class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:  # noqa: N802 - http.server's name
+            def do_POST(self) -> None:
                 fake._handle(self)
 
             def log_message(self, *_args: Any) -> None:
@@ -102,7 +102,7 @@ class FakeSlack:
         self.server.shutdown()
         self.server.server_close()
 
-    def __enter__(self) -> "FakeSlack":
+    def __enter__(self) -> FakeSlack:
         return self
 
     def __exit__(self, *_exc: Any) -> None:

@@ -43,7 +43,7 @@ class _Recorder:
         self.received: list[Received] = []
         self._sessions = itertools.count(1)
 
-    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:  # noqa: N802 - aiosmtpd's name
+    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
         message = email.message_from_bytes(envelope.original_content, policy=email.policy.default)
         login = session.auth_data.login.decode() if isinstance(session.auth_data, LoginPassword) else None
         if not hasattr(session, "aw_connection"):
@@ -98,14 +98,14 @@ class SmtpServer:
     def received(self) -> list[Received]:
         return self.recorder.received
 
-    def start(self) -> "SmtpServer":
+    def start(self) -> SmtpServer:
         self.controller.start()
         return self
 
     def stop(self) -> None:
         self.controller.stop()
 
-    def __enter__(self) -> "SmtpServer":
+    def __enter__(self) -> SmtpServer:
         return self.start()
 
     def __exit__(self, *_exc: Any) -> None:

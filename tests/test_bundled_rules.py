@@ -11,21 +11,21 @@ The demo store is seeded once (30 days, scale 0.25, a fixed end), then
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
 
-from audit_watch.rules.backtest import backtest
 from audit_watch.cli.main import main
+from audit_watch.demo.seed import seed_database
+from audit_watch.rules.backtest import backtest
 from audit_watch.rules.evaluate import evaluate_rules
 from audit_watch.rules.loader import load_rules
-from audit_watch.demo.seed import seed_database
 from audit_watch.store.source import AuditSource
 
 ROOT = Path(__file__).resolve().parent.parent
-END = datetime(2026, 11, 26, 12, 0, tzinfo=timezone.utc)
+END = datetime(2026, 11, 26, 12, 0, tzinfo=UTC)
 DAYS = 30
 SCALE = 0.25
 

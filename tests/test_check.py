@@ -140,8 +140,8 @@ def test_check_as_a_real_process_exits_1_without_traceback(tmp_path: Path) -> No
 
 
 def test_delivery_max_age_comes_from_the_config(tmp_path: Path) -> None:
-    from audit_watch.config.model import load_config
     from audit_watch.alerting.outbox import DeliveryPolicy
+    from audit_watch.config.model import load_config
 
     path = tmp_path / "audit-watch.yaml"
     path.write_text("delivery: {max_age: 2h, base_delay: 10s}\n")

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from datetime import datetime, timezone
+from datetime import UTC, datetime, timezone
 from pathlib import Path
 
 import pytest
@@ -14,7 +14,7 @@ from audit_watch.store.rows import insert_rows
 from audit_watch.store.schema import create_reference_tables
 from audit_watch.store.source import AuditSource
 
-NOW = datetime(2026, 11, 20, 12, 0, tzinfo=timezone.utc)
+NOW = datetime(2026, 11, 20, 12, 0, tzinfo=UTC)
 
 RULE = """\
 name: failed-jobs

@@ -14,17 +14,18 @@ import signal
 import subprocess
 import sys
 import time
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 
 from audit_watch.alerting import pipeline
+from audit_watch.alerting.state import StateStore
 from audit_watch.store.rows import insert_rows
 from audit_watch.store.schema import create_reference_tables
 from audit_watch.store.source import AuditSource
-from audit_watch.alerting.state import StateStore
+
 from fake_slack import FakeSlack, hang
 
-NOW = datetime(2026, 11, 20, 12, 0, tzinfo=timezone.utc)
+NOW = datetime(2026, 11, 20, 12, 0, tzinfo=UTC)
 
 RULE = """\
 name: failed-jobs

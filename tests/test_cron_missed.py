@@ -3,18 +3,18 @@ matched to ``cron.fired`` events within ``grace`` (rules.md, Kinds)."""
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
 from sqlalchemy import text
 
 from audit_watch.store.cron_runs import expected_runs
 
-NOW = datetime(2026, 11, 20, 12, 0, tzinfo=timezone.utc)
+NOW = datetime(2026, 11, 20, 12, 0, tzinfo=UTC)
 
 
 def utc(*args):
-    return datetime(*args, tzinfo=timezone.utc)
+    return datetime(*args, tzinfo=UTC)
 
 
 # --- expected_runs against hand-computed UTC instants -------------------------------------------

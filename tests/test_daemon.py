@@ -18,7 +18,7 @@ import urllib.request
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -26,29 +26,30 @@ from zoneinfo import ZoneInfo
 import pytest
 from apscheduler.schedulers.background import BackgroundScheduler
 from sqlalchemy import create_engine, select, text
+from test_ledger import state
 
-from audit_watch.daemon import ledger
-from audit_watch.config.model import Config
-from audit_watch.store.settings import SourceConfig
-from audit_watch.daemon.service import Daemon
-from audit_watch.daemon.once import run_once
-from audit_watch.daemon.freshness import FRESHNESS_RULE, FreshnessWatch, fires_on_silence, update_freshness_alert
-from audit_watch.channels.render import Renderer
-from audit_watch.store.rows import insert_rows
-from audit_watch.rules.loader import RULE_ADAPTER
-from audit_watch.store.schema import create_reference_tables
-from audit_watch.store.source import AuditSource
 from audit_watch.alerting.pipeline import alerts_table, process
-from audit_watch.daemon.self_alerts import failing_rule_name
 from audit_watch.alerting.state import StateStore, outbox
+from audit_watch.channels.render import Renderer
+from audit_watch.config.model import Config
+from audit_watch.daemon import ledger
+from audit_watch.daemon.context import ELSEWHERE, TickContext
+from audit_watch.daemon.freshness import FRESHNESS_RULE, FreshnessWatch, fires_on_silence, update_freshness_alert
+from audit_watch.daemon.once import run_once
 from audit_watch.daemon.runtime import watch_snapshot
 from audit_watch.daemon.schedules import TickPoolExecutor, latest_tick, scheduled_time
+from audit_watch.daemon.self_alerts import failing_rule_name
+from audit_watch.daemon.service import Daemon
 from audit_watch.daemon.tick import run_rule_tick
-from audit_watch.daemon.context import ELSEWHERE, TickContext
+from audit_watch.rules.loader import RULE_ADAPTER
+from audit_watch.store.rows import insert_rows
+from audit_watch.store.schema import create_reference_tables
+from audit_watch.store.settings import SourceConfig
+from audit_watch.store.source import AuditSource
+
 from fake_slack import FakeSlack
 from smtp_server import SmtpServer, free_port
-from test_ledger import state  # noqa: F401 - state with the ledger tables, both backends
-from test_state import PG_ADMIN_URL, T0, state_url, temporary_postgres  # noqa: F401
+from test_state import PG_ADMIN_URL, T0, state_url, temporary_postgres
 
 S = timedelta(seconds=1)
 FAILED_JOBS = {"name": "failed-jobs", "kind": "threshold", "where": {"status": "failed"}, "window": "15m",
@@ -69,14 +70,14 @@ class Clock:
         return self.now
 
 
-def context(store: AuditSource, state: StateStore, tmp_path: Path, clock: Clock, replica: str = "r1",  # noqa: F811
+def context(store: AuditSource, state: StateStore, tmp_path: Path, clock: Clock, replica: str = "r1",
             **daemon: Any) -> TickContext:
     config = Config.model_validate({"channels": {"archive": {"type": "file", "path": str(tmp_path / "out")}},
                                     "daemon": {"listen": None, **daemon}})
     return TickContext(config, store, state, Renderer(), replica, clock)
 
 
-def titles(state: StateStore) -> list[str]:  # noqa: F811
+def titles(state: StateStore) -> list[str]:
     with state.read() as conn:
         return [f"{r.kind}: {r.rule}" for r in conn.execute(select(outbox.c.kind, outbox.c.rule).order_by(outbox.c.id))]
 
@@ -84,7 +85,7 @@ def titles(state: StateStore) -> list[str]:  # noqa: F811
 # --- one tick (deterministic) ------------------------------------------------------------------
 
 
-def test_a_tick_is_evaluated_by_the_replica_that_claims_it(store: AuditSource, insert: Any, state: StateStore,  # noqa: F811
+def test_a_tick_is_evaluated_by_the_replica_that_claims_it(store: AuditSource, insert: Any, state: StateStore,
                                                            tmp_path: Path) -> None:
     insert({"jobs": [{"at": "-5m", "status": "failed", "count": 3}]})
     clock = Clock(T0 + timedelta(milliseconds=400))
@@ -98,7 +99,7 @@ def test_a_tick_is_evaluated_by_the_replica_that_claims_it(store: AuditSource, i
 
 
 def test_a_failing_rule_alerts_after_n_errors_and_resolves_when_it_works_again(
-        store: AuditSource, state: StateStore, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:  # noqa: F811
+        store: AuditSource, state: StateStore, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     clock = Clock(T0)
     good = context(store, state, tmp_path, clock, rule_error_alert_after=3)
     broken_source = AuditSource.from_config(SourceConfig(url=str(store.engine.url.render_as_string(False)),
@@ -125,7 +126,7 @@ def test_a_failing_rule_alerts_after_n_errors_and_resolves_when_it_works_again(
 
 
 def test_a_silent_store_raises_one_alert_and_holds_the_rules_that_fire_on_silence(
-        store: AuditSource, insert: Any, state: StateStore, tmp_path: Path) -> None:  # noqa: F811
+        store: AuditSource, insert: Any, state: StateStore, tmp_path: Path) -> None:
     insert({"jobs": [{"at": "-3h", "status": "failed", "agent_id": "a1"}]})
     clock = Clock(T0)
     watch = FreshnessWatch(Config.model_validate({"daemon": {"freshness": {"max_silence": "2h"}}}).daemon.freshness)
@@ -163,8 +164,8 @@ def test_which_rules_fire_on_silence() -> None:
 def test_the_executor_tells_a_run_its_scheduled_tick() -> None:
     seen: list[datetime | None] = []
     done = threading.Event()
-    scheduler = BackgroundScheduler(executors={"default": TickPoolExecutor(2)}, timezone=timezone.utc)
-    due = datetime.now(timezone.utc) - timedelta(milliseconds=500)   # already due: runs at once
+    scheduler = BackgroundScheduler(executors={"default": TickPoolExecutor(2)}, timezone=UTC)
+    due = datetime.now(UTC) - timedelta(milliseconds=500)   # already due: runs at once
     scheduler.add_job(lambda: (seen.append(scheduled_time()), done.set()), "interval", hours=1,
                       next_run_time=due, misfire_grace_time=None)
     scheduler.start()
@@ -268,7 +269,7 @@ def test_removed_rules_do_not_leave_their_alerts_firing(deployment: Path) -> Non
     (rules / "second.yaml").write_text(json.dumps({**FAILED_JOBS, "name": "second", "every": None,
                                                    "schedule": "0 0 1 1 *", "timezone": "UTC"}))
     state_url_ = json.loads(deployment.read_text())["state"]["url"]
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
     _fire(state_url_, rule(name="second", notify=["archive"]), now - timedelta(minutes=5))
     _fire(state_url_, rule(name="deleted-while-down", notify=["archive"]), now - timedelta(minutes=20))
     _fire(state_url_, rule(name=failing_rule_name("deleted-while-down"), notify=["archive"]),
@@ -362,7 +363,7 @@ class Deployment:
         return proc, listen, log_path
 
     def insert(self, rows: dict[str, list[dict[str, Any]]]) -> None:
-        now = datetime.now(timezone.utc)
+        now = datetime.now(UTC)
         for items in rows.values():
             for item in items:
                 item.setdefault("id", uuid.uuid4().hex)
@@ -513,7 +514,7 @@ def test_run_recovers_when_the_source_database_restarts(live: Deployment) -> Non
     finally:
         admin.dispose()
     assert killed >= 1
-    after = datetime.now(timezone.utc)
+    after = datetime.now(UTC)
     wait_for(lambda: len([r for r in live.ledger_rows("restart-share")
                           if r.status == "ok" and r.scheduled_for > after]) >= 3, 15, "ticks after the restart")
     lost = [r for r in log_records(log_path) if "connection to the audit store" in r["message"]]
@@ -588,7 +589,7 @@ def test_sigterm_exits_within_ten_seconds_even_with_a_run_stuck_in_a_query(live:
     # The replica recorded its stop: the next replica to start takes the claim over at once.
     state = StateStore.open(live.state_url)
     try:
-        candidates = ledger.reap_candidates(state, "someone-else", datetime.now(timezone.utc), timedelta(seconds=6))
+        candidates = ledger.reap_candidates(state, "someone-else", datetime.now(UTC), timedelta(seconds=6))
         assert replica_id(log_path) in candidates
         assert [r.replica for r in ledger.history(state, "stuck-share") if r.status == "claimed"] == [replica_id(log_path)]
     finally:

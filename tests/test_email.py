@@ -10,13 +10,14 @@ from typing import Any
 
 import pytest
 
-from audit_watch.config.model import Config
 from audit_watch.alerting.outbox import list_entries
 from audit_watch.alerting.pipeline import DeliverySummary, deliver_due, process
 from audit_watch.alerting.state import StateStore
+from audit_watch.config.model import Config
+
 from smtp_server import SmtpServer, free_port, self_signed
 from test_render import EVIL_ERROR, EVIL_NAME
-from test_state import T0, evaluation, make_alert, make_rule, state, state_url  # noqa: F401 - fixtures
+from test_state import T0, evaluation, make_alert, make_rule, state, state_url
 
 
 @pytest.fixture(scope="module")

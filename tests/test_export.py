@@ -6,17 +6,17 @@ import csv
 import io
 import json
 import tracemalloc
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
 import pytest
 from sqlalchemy import event, insert
 
-from audit_watch.store.export import export_columns, export_rows, parse_where
 from audit_watch.core.yaml_source import InputError
+from audit_watch.store.export import export_columns, export_rows, parse_where
 
-NOW = datetime(2026, 11, 20, 12, 0, tzinfo=timezone.utc)
+NOW = datetime(2026, 11, 20, 12, 0, tzinfo=UTC)
 HOUR_AGO = NOW - timedelta(hours=1)
 
 

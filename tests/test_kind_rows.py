@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-
 # --- absence ---------------------------------------------------------------------------------
 
 def test_absence_fires_for_a_group_seen_in_lookback_but_not_in_window(insert, evaluate):

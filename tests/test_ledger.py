@@ -3,25 +3,33 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta, timezone
 from zoneinfo import ZoneInfo
 
 import pytest
 from sqlalchemy import insert, select
 
-from audit_watch.daemon import ledger
-from audit_watch.rules.loader import RULE_ADAPTER
 from audit_watch.alerting.state import StateStore, outbox
-from audit_watch.daemon.schedules import ANCHOR, CronScheduleTrigger, interval_trigger, latest_tick, rule_trigger, tick_gap
+from audit_watch.daemon import ledger
+from audit_watch.daemon.schedules import (
+    ANCHOR,
+    CronScheduleTrigger,
+    interval_trigger,
+    latest_tick,
+    rule_trigger,
+    tick_gap,
+)
 from audit_watch.daemon.takeover import orphan_action
-from test_state import T0, emptied_state, state_url  # noqa: F401 - the module-scoped backend fixture
+from audit_watch.rules.loader import RULE_ADAPTER
+
+from test_state import T0, emptied_state, state_url
 
 S = timedelta(seconds=1)
 BERLIN = ZoneInfo("Europe/Berlin")
 
 
 @pytest.fixture
-def state(state_url: str) -> Iterator[StateStore]:  # noqa: F811 - uses test_state's state_url
+def state(state_url: str) -> Iterator[StateStore]:
     """An empty state database with the ledger's tables."""
     store = StateStore.open(state_url)
     ledger.ensure_ledger_schema(store)
@@ -140,10 +148,10 @@ def _rule(**keys: object) -> object:
 
 def test_every_ticks_count_from_a_fixed_anchor() -> None:
     trigger = rule_trigger(_rule(every="15m"), "UTC")
-    now = datetime(2026, 11, 20, 12, 14, 59, 999999, tzinfo=timezone.utc)
-    assert latest_tick(trigger, now) == datetime(2026, 11, 20, 12, 0, tzinfo=timezone.utc)
-    assert latest_tick(trigger, now + timedelta(microseconds=1)) == datetime(2026, 11, 20, 12, 15, tzinfo=timezone.utc)
-    assert trigger.get_next_fire_time(None, now) == datetime(2026, 11, 20, 12, 15, tzinfo=timezone.utc)
+    now = datetime(2026, 11, 20, 12, 14, 59, 999999, tzinfo=UTC)
+    assert latest_tick(trigger, now) == datetime(2026, 11, 20, 12, 0, tzinfo=UTC)
+    assert latest_tick(trigger, now + timedelta(microseconds=1)) == datetime(2026, 11, 20, 12, 15, tzinfo=UTC)
+    assert trigger.get_next_fire_time(None, now) == datetime(2026, 11, 20, 12, 15, tzinfo=UTC)
     assert tick_gap(trigger, ANCHOR) == timedelta(minutes=15)
     assert latest_tick(interval_trigger(S), T0 + timedelta(milliseconds=700)) == T0
     weekly = interval_trigger(timedelta(weeks=1))
@@ -154,20 +162,20 @@ def test_a_schedule_is_standard_cron_in_the_rules_time_zone() -> None:
     # 0 = Sunday and 1-5 = Monday to Friday, as in crontab (APScheduler 3's own
     # from_crontab would take 1 for Tuesday).
     trigger = rule_trigger(_rule(schedule="0 9 * * 1-5", timezone="Europe/Berlin"), "UTC")
-    friday_noon = datetime(2026, 11, 20, 12, 0, tzinfo=timezone.utc)
-    assert latest_tick(trigger, friday_noon) == datetime(2026, 11, 20, 8, 0, tzinfo=timezone.utc)  # 09:00 CET
+    friday_noon = datetime(2026, 11, 20, 12, 0, tzinfo=UTC)
+    assert latest_tick(trigger, friday_noon) == datetime(2026, 11, 20, 8, 0, tzinfo=UTC)  # 09:00 CET
     upcoming = trigger.get_next_fire_time(None, friday_noon)
     assert upcoming.astimezone(BERLIN) == datetime(2026, 11, 23, 9, 0, tzinfo=BERLIN)            # Monday
     assert trigger.get_next_fire_time(upcoming, upcoming).astimezone(BERLIN).day == 24
     sunday = rule_trigger(_rule(schedule="30 6 * * 0"), "UTC")
-    assert latest_tick(sunday, friday_noon) == datetime(2026, 11, 15, 6, 30, tzinfo=timezone.utc)
-    exact = datetime(2026, 11, 15, 6, 30, tzinfo=timezone.utc)
+    assert latest_tick(sunday, friday_noon) == datetime(2026, 11, 15, 6, 30, tzinfo=UTC)
+    exact = datetime(2026, 11, 15, 6, 30, tzinfo=UTC)
     assert latest_tick(sunday, exact) == exact and sunday.get_next_fire_time(None, exact) == exact
 
 
 def test_a_schedule_across_the_spring_forward_gap() -> None:
     trigger = CronScheduleTrigger("30 2 * * *", BERLIN)   # 02:30 does not exist on 2026-03-29
-    after = datetime(2026, 3, 29, 12, 0, tzinfo=timezone.utc)
+    after = datetime(2026, 3, 29, 12, 0, tzinfo=UTC)
     tick = latest_tick(trigger, after)
     assert tick.date().isoformat() == "2026-03-29" and tick.astimezone(BERLIN).hour == 3
     assert tick_gap(trigger, tick) < timedelta(hours=24)
@@ -176,7 +184,7 @@ def test_a_schedule_across_the_spring_forward_gap() -> None:
 def test_an_orphaned_tick_runs_again_only_while_it_is_current() -> None:
     rule = _rule(every="1h")
     trigger = rule_trigger(rule, "UTC")
-    tick = datetime(2026, 11, 20, 12, 0, tzinfo=timezone.utc)
+    tick = datetime(2026, 11, 20, 12, 0, tzinfo=UTC)
     assert orphan_action(rule, trigger, tick, False, tick + timedelta(minutes=20)) == "run"
     assert orphan_action(rule, trigger, tick, False, tick + timedelta(minutes=61)) == ledger.ABANDONED
     assert orphan_action(rule, trigger, tick, True, tick + timedelta(minutes=20)) == ledger.ABANDONED

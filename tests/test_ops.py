@@ -16,19 +16,20 @@ from wsgiref.util import setup_testing_defaults
 
 import pytest
 from apscheduler.triggers.base import BaseTrigger
+from test_ledger import state
 
-from audit_watch.daemon import ledger
-from audit_watch.config.model import Config, HeartbeatConfig
-from audit_watch.rules.evaluate import Evaluation
-from audit_watch.core.logs import configure_logging
-from audit_watch.daemon.ops import Health, Metrics, OpsServer, StateCollector, heartbeat_tick, ops_app, send_heartbeat
-from audit_watch.channels.render import Renderer
-from audit_watch.daemon.schedules import interval_trigger, rule_trigger
 from audit_watch.alerting.state import StateStore
-from audit_watch.daemon.tick import TickOutcome
+from audit_watch.channels.render import Renderer
+from audit_watch.config.model import Config, HeartbeatConfig
+from audit_watch.core.logs import configure_logging
+from audit_watch.daemon import ledger
 from audit_watch.daemon.context import TickContext
-from test_ledger import state  # noqa: F401 - state with the ledger tables, both backends
-from test_state import T0, make_rule, state_url  # noqa: F401
+from audit_watch.daemon.ops import Health, Metrics, OpsServer, StateCollector, heartbeat_tick, ops_app, send_heartbeat
+from audit_watch.daemon.schedules import interval_trigger, rule_trigger
+from audit_watch.daemon.tick import TickOutcome
+from audit_watch.rules.evaluate import Evaluation
+
+from test_state import T0, make_rule, state_url
 
 S = timedelta(seconds=1)
 
@@ -118,8 +119,9 @@ def test_metrics_and_other_paths(clock: Clock) -> None:
     assert call(app, "/")[0] == "200 OK" and call(app, "/nope")[0] == "404 Not Found"
 
 
-def test_alerts_and_outbox_depth_come_from_the_state_database(state: StateStore) -> None:  # noqa: F811
+def test_alerts_and_outbox_depth_come_from_the_state_database(state: StateStore) -> None:
     from audit_watch.alerting.pipeline import process
+
     from test_state import evaluation, make_alert
 
     config = Config.model_validate({"channels": {"archive": {"type": "file", "path": "/nonexistent"}}})
@@ -183,7 +185,7 @@ def test_json_logs_are_one_object_per_line_even_for_tracebacks(restore_logging: 
     thread.join()
     logging.getLogger("apscheduler.executors.default").info("Running job ...")   # quietened
     lines = [json.loads(line) for line in stream.getvalue().splitlines()]
-    assert [l["message"] for l in lines] == ["rule r1 failed", "it broke", "uncaught exception in thread worker"]
+    assert [line["message"] for line in lines] == ["rule r1 failed", "it broke", "uncaught exception in thread worker"]
     assert lines[0]["rule"] == "r1" and lines[0]["tick"] == str(T0) and lines[0]["level"] == "info"
     assert "ValueError: bad\nmultiline" in lines[1]["exception"] and "ZeroDivisionError" in lines[2]["exception"]
     with pytest.raises(ValueError):
@@ -198,7 +200,7 @@ def pinged() -> Iterator[tuple[str, list[str]]]:
     paths: list[str] = []
 
     class Handler(BaseHTTPRequestHandler):
-        def do_GET(self) -> None:  # noqa: N802 - http.server's name
+        def do_GET(self) -> None:
             paths.append(self.path)
             self.send_response(500 if "fail" in self.path else 200)
             self.send_header("Content-Length", "0")
@@ -228,7 +230,7 @@ def test_heartbeat_to_a_url_and_to_a_channel(pinged: tuple[str, list[str]], tmp_
     assert "audit-watch is running (3 rules; replica r1" in text.read_text()
 
 
-def test_one_replica_per_tick_signals_and_only_while_healthy(state: StateStore, tmp_path: Path,  # noqa: F811
+def test_one_replica_per_tick_signals_and_only_while_healthy(state: StateStore, tmp_path: Path,
                                                              clock: Clock) -> None:
     config = Config.model_validate({"channels": {"beat": {"type": "file", "path": str(tmp_path / "beats")}}})
     heartbeat = HeartbeatConfig(channel="beat", every="1m")

@@ -11,12 +11,13 @@ from typing import Any
 import pytest
 from sqlalchemy import select, text
 
-from audit_watch.channels.base import Channel, DeliveryResult, Notification
-from audit_watch.config.model import Config
 from audit_watch.alerting.outbox import DeliveryPolicy, claim, counts, enqueue, list_entries, prune, record, requeue
 from audit_watch.alerting.pipeline import deliver_due
 from audit_watch.alerting.state import StateStore, outbox
-from test_state import T0, state, state_url  # noqa: F401 - fixtures on both backends
+from audit_watch.channels.base import Channel, DeliveryResult, Notification
+from audit_watch.config.model import Config
+
+from test_state import T0, state, state_url
 
 CONFIG = Config.model_validate({"channels": {"oncall": {"type": "file", "path": "unused"}}})
 POLICY = DeliveryPolicy()

@@ -12,16 +12,17 @@ from typing import Any
 import pytest
 
 from audit_watch.alerting import silences
+from audit_watch.alerting.pipeline import alerts_table, deliver_due, outbox_summary, outbox_table, process
+from audit_watch.alerting.state import StateStore
 from audit_watch.config.model import Config
 from audit_watch.rules.evaluate import evaluate_rule
-from audit_watch.alerting.pipeline import alerts_table, deliver_due, outbox_summary, outbox_table, process
-from audit_watch.store.rows import insert_rows
 from audit_watch.rules.loader import RULE_ADAPTER
+from audit_watch.store.rows import insert_rows
 from audit_watch.store.schema import create_reference_tables
 from audit_watch.store.source import AuditSource
-from audit_watch.alerting.state import StateStore
+
 from fake_slack import FakeSlack
-from test_state import T0, evaluation, make_alert, make_rule, state, state_url  # noqa: F401 - fixtures
+from test_state import T0, evaluation, make_alert, make_rule, state, state_url
 
 MIN = timedelta(minutes=1)
 

@@ -10,14 +10,14 @@ import math
 import signal
 import time
 from collections import Counter
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
 from sqlalchemy import create_engine, select, text
+from test_daemon import Deployment, live, postgres_pair, replica_id, stop, wait_for
 
-from audit_watch.daemon import ledger
 from audit_watch.alerting.state import StateStore, alert_states, outbox
-from test_daemon import Deployment, live, postgres_pair, replica_id, stop, wait_for  # noqa: F401 - fixtures
+from audit_watch.daemon import ledger
 
 RULES = 20
 S = timedelta(seconds=1)
@@ -45,7 +45,7 @@ def kill_mid_tick(live: Deployment, victim: object) -> datetime:
             conn.rollback()                                  # the survivors carry on
     finally:
         engine.dispose()
-    return datetime.fromtimestamp(boundary, timezone.utc)
+    return datetime.fromtimestamp(boundary, UTC)
 
 
 def burst(live: Deployment, agents: range) -> None:
@@ -57,7 +57,7 @@ def burst(live: Deployment, agents: range) -> None:
 def test_three_replicas_share_the_ticks_and_lose_or_repeat_nothing_when_one_is_killed(live: Deployment) -> None:
     config = live.config({f"agent-{i:02d}": agent_rule(i) for i in range(RULES)})
     replicas = [live.start(config, f"replica-{n}") for n in range(3)]
-    started = datetime.now(timezone.utc)
+    started = datetime.now(UTC)
     # About 60 s of three replicas, then two for the second half: each rule fires and
     # resolves 2 or 3 times.
     time.sleep(3)
@@ -67,7 +67,7 @@ def test_three_replicas_share_the_ticks_and_lose_or_repeat_nothing_when_one_is_k
     time.sleep(19)
     victim, _, victim_log = replicas[0]
     tick = kill_mid_tick(live, victim)           # halfway
-    killed_at = datetime.now(timezone.utc)
+    killed_at = datetime.now(UTC)
     burst(live, range(0, 20))
     time.sleep(6)
     burst(live, range(0, 20, 2))
@@ -82,7 +82,7 @@ def test_three_replicas_share_the_ticks_and_lose_or_repeat_nothing_when_one_is_k
             return not open_rows and not firing
 
         wait_for(settled, 20, "every alert resolved and every notification delivered")
-        ended = datetime.now(timezone.utc)
+        ended = datetime.now(UTC)
         for proc, _, _ in replicas[1:]:
             assert stop(proc)[0] == 0
         rows = [r for r in ledger.history(state) if r.job.startswith("agent-")]

@@ -17,21 +17,22 @@ from typing import Any
 
 import pytest
 from click.testing import CliRunner, Result
+from test_email import smtp
+from test_report_golden import DANIEL, END, digest, seeded
+from test_slack import fake
 
+from audit_watch.alerting.outbox import list_entries
+from audit_watch.alerting.pipeline import deliver_due, outbox_summary
+from audit_watch.alerting.state import StateStore
 from audit_watch.channels.slack_blocks import MAX_BLOCKS, MAX_TEXT
 from audit_watch.cli.main import main
 from audit_watch.config.model import Config, load_config
-from audit_watch.alerting.outbox import list_entries
-from audit_watch.alerting.pipeline import deliver_due, outbox_summary
 from audit_watch.reports import ReportResult, queue_report, report_definitions, report_payload, run_report
 from audit_watch.store.source import AuditSource
-from audit_watch.alerting.state import StateStore
+
 from fake_slack import FakeSlack, rate_limited, slack_error
 from smtp_server import SmtpServer
-from test_email import smtp  # noqa: F401 - fixture
-from test_report_golden import DANIEL, END, digest, seeded  # noqa: F401 - fixtures
-from test_slack import fake  # noqa: F401 - fixture
-from test_state import state, state_url  # noqa: F401 - fixtures
+from test_state import state, state_url
 
 NOW = "2026-11-20T12:00:00Z"     # END of the generated data
 DIGEST = "weekly-digest-admins"
@@ -190,7 +191,7 @@ def test_slack_rate_limit_leaves_it_retrying_then_one_post(config_file: Path, fa
 
 
 def test_a_report_of_an_old_period_is_queued_at_the_wall_clock(config_file: Path, fake: FakeSlack,
-                                                               state: StateStore) -> None:  # noqa: F811
+                                                               state: StateStore) -> None:
     # --now places the period; the delivery's own times (and its give-up time) run from now.
     fake.script("chat.postMessage", rate_limited(2))
     result = CliRunner().invoke(main, ["--config", str(config_file), "report", "weekly-digest", "--channel", "slack",

@@ -12,22 +12,22 @@ import csv
 import io
 import sqlite3
 from collections.abc import Iterator
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from audit_watch.config.model import Config
-from audit_watch.reports import build_report, report_period, run_report
-from audit_watch.reports.model import TokenUsageDefinition
-from audit_watch.reports.queries import SENSITIVE_EVENT_TYPES
 from audit_watch.demo.seed import planted_incidents, seed_database
 from audit_watch.demo.seed.incidents import BURST_PROVIDER, SPIKE_ERROR, TOKEN_BUDGET
 from audit_watch.demo.seed.world import NEW_IP
+from audit_watch.reports import build_report, report_period, run_report
+from audit_watch.reports.model import TokenUsageDefinition
+from audit_watch.reports.queries import SENSITIVE_EVENT_TYPES
 from audit_watch.store.source import AuditSource
 
-END = datetime(2026, 11, 20, 12, 0, tzinfo=timezone.utc)
+END = datetime(2026, 11, 20, 12, 0, tzinfo=UTC)
 SEED, SCALE = 42, 0.25
 DANIEL = "daniel.reyes@brightline.io"
 

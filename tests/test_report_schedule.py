@@ -12,28 +12,37 @@ import json
 import signal
 import time
 from collections.abc import Iterator
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
 
 import pytest
 from sqlalchemy import select
-from test_daemon import (  # noqa: F401 - fixtures
-    Clock, Deployment, context, deployment, http_get, live, postgres_pair, stop, wait_for,
+from test_daemon import (
+    Clock,
+    Deployment,
+    context,
+    deployment,
+    http_get,
+    live,
+    postgres_pair,
+    stop,
+    wait_for,
 )
-from test_ledger import state  # noqa: F401 - state with the ledger tables, both backends
-from test_state import T0, state_url  # noqa: F401
+from test_ledger import state
 
-from audit_watch.daemon import ledger
-from audit_watch.store.settings import SourceConfig
-from audit_watch.daemon.service import Daemon
-from audit_watch.daemon.report_jobs import report_trigger, run_report_tick
-from audit_watch.reports.model import DEFINITION_MODELS
-from audit_watch.daemon.schedules import latest_tick
-from audit_watch.store.source import AuditSource
 from audit_watch.alerting.state import StateStore, outbox
+from audit_watch.daemon import ledger
 from audit_watch.daemon.context import ELSEWHERE, TickContext
+from audit_watch.daemon.report_jobs import report_trigger, run_report_tick
+from audit_watch.daemon.schedules import latest_tick
+from audit_watch.daemon.service import Daemon
+from audit_watch.reports.model import DEFINITION_MODELS
+from audit_watch.store.settings import SourceConfig
+from audit_watch.store.source import AuditSource
+
+from test_state import T0, state_url
 
 BERLIN = ZoneInfo("Europe/Berlin")
 KATHMANDU = ZoneInfo("Asia/Kathmandu")
@@ -45,7 +54,7 @@ def definition(**keys: Any) -> Any:
     return DEFINITION_MODELS[data["report"]].model_validate(data)
 
 
-def report_rows(state: StateStore) -> list[Any]:  # noqa: F811
+def report_rows(state: StateStore) -> list[Any]:
     with state.read() as conn:
         return list(conn.execute(select(outbox.c.kind, outbox.c.rule, outbox.c.channel, outbox.c.payload)
                                  .where(outbox.c.kind == "report").order_by(outbox.c.id)))
@@ -53,20 +62,20 @@ def report_rows(state: StateStore) -> list[Any]:  # noqa: F811
 
 def test_the_cron_of_a_report_is_read_in_its_time_zone() -> None:
     trigger = report_trigger(definition(), "UTC")
-    winter = datetime(2026, 11, 25, 12, tzinfo=timezone.utc)                    # a Wednesday
-    assert latest_tick(trigger, winter) == datetime(2026, 11, 23, 7, tzinfo=timezone.utc)   # Mon 08:00 CET
-    summer = datetime(2026, 7, 1, 12, tzinfo=timezone.utc)
-    assert latest_tick(trigger, summer) == datetime(2026, 6, 29, 6, tzinfo=timezone.utc)    # Mon 08:00 CEST
-    assert trigger.get_next_fire_time(None, winter) == datetime(2026, 11, 30, 7, tzinfo=timezone.utc)
+    winter = datetime(2026, 11, 25, 12, tzinfo=UTC)                    # a Wednesday
+    assert latest_tick(trigger, winter) == datetime(2026, 11, 23, 7, tzinfo=UTC)   # Mon 08:00 CET
+    summer = datetime(2026, 7, 1, 12, tzinfo=UTC)
+    assert latest_tick(trigger, summer) == datetime(2026, 6, 29, 6, tzinfo=UTC)    # Mon 08:00 CEST
+    assert trigger.get_next_fire_time(None, winter) == datetime(2026, 11, 30, 7, tzinfo=UTC)
     # Without a zone of its own, the config's.
     assert latest_tick(report_trigger(definition(timezone=None), "America/New_York"), winter) == \
-        datetime(2026, 11, 23, 13, tzinfo=timezone.utc)
+        datetime(2026, 11, 23, 13, tzinfo=UTC)
 
 
 def test_a_scheduled_report_is_built_for_its_tick_and_queued_once(store: AuditSource, insert: Any,
-                                                                  state: StateStore, tmp_path: Path) -> None:  # noqa: F811
+                                                                  state: StateStore, tmp_path: Path) -> None:
     insert({"jobs": [{"at": "-3d", "status": "failed", "agent_id": "a1", "count": 4}]})
-    tick = datetime(2026, 11, 16, 7, tzinfo=timezone.utc)       # Mon 16 Nov 08:00 Berlin: the week before T0
+    tick = datetime(2026, 11, 16, 7, tzinfo=UTC)       # Mon 16 Nov 08:00 Berlin: the week before T0
     clock = Clock(tick + timedelta(seconds=3))
     first = run_report_tick(context(store, state, tmp_path, clock, "r1"), definition(), tick)
     second = run_report_tick(context(store, state, tmp_path, clock, "r2"), definition(), tick)
@@ -82,7 +91,7 @@ def test_a_scheduled_report_is_built_for_its_tick_and_queued_once(store: AuditSo
 
 
 @pytest.fixture
-def broken_ctx(store: AuditSource, state: StateStore, tmp_path: Path) -> Iterator[TickContext]:  # noqa: F811
+def broken_ctx(store: AuditSource, state: StateStore, tmp_path: Path) -> Iterator[TickContext]:
     """A tick context whose audit store has no jobs table (every report run fails)."""
     good = context(store, state, tmp_path, Clock(T0))
     broken = AuditSource.from_config(SourceConfig(url=store.engine.url.render_as_string(False),
@@ -94,7 +103,7 @@ def broken_ctx(store: AuditSource, state: StateStore, tmp_path: Path) -> Iterato
 
 
 def test_a_failing_report_is_retried_then_recorded_and_queues_nothing(broken_ctx: TickContext,
-                                                                    state: StateStore) -> None:  # noqa: F811
+                                                                    state: StateStore) -> None:
     waits: list[float] = []
     outcome = run_report_tick(broken_ctx, definition(), T0, retry_waits=(1.0, 2.0),
                               stopped=lambda seconds: bool(waits.append(seconds)))
@@ -106,14 +115,14 @@ def test_a_failing_report_is_retried_then_recorded_and_queues_nothing(broken_ctx
 
 
 def test_a_stopping_daemon_leaves_a_failing_report_claimed_for_a_take_over(broken_ctx: TickContext,
-                                                                           state: StateStore) -> None:  # noqa: F811
+                                                                           state: StateStore) -> None:
     outcome = run_report_tick(broken_ctx, definition(), T0, retry_waits=(60.0,), stopped=lambda _: True)
     assert outcome.status == "stopped" and outcome.attempts == 1
     [run] = ledger.history(state, ledger.report_job("digest"))
     assert run.status == "claimed"       # a survivor, or this replica restarted, takes it over
 
 
-def test_a_report_that_cannot_succeed_is_not_retried(store: AuditSource, state: StateStore,  # noqa: F811
+def test_a_report_that_cannot_succeed_is_not_retried(store: AuditSource, state: StateStore,
                                                      tmp_path: Path) -> None:
     waits: list[float] = []
     ctx = context(store, state, tmp_path, Clock(T0))
@@ -123,7 +132,7 @@ def test_a_report_that_cannot_succeed_is_not_retried(store: AuditSource, state: 
     assert "nobody@example.com" in (outcome.error or "")
 
 
-def test_a_run_later_than_catch_up_is_skipped(store: AuditSource, state: StateStore,  # noqa: F811
+def test_a_run_later_than_catch_up_is_skipped(store: AuditSource, state: StateStore,
                                              tmp_path: Path) -> None:
     ctx = context(store, state, tmp_path, Clock(T0 + timedelta(hours=2, minutes=1)))
     assert run_report_tick(ctx, definition(), T0).status == "late"
@@ -132,7 +141,7 @@ def test_a_run_later_than_catch_up_is_skipped(store: AuditSource, state: StateSt
     assert [r.status for r in ledger.history(state)] == ["ok"]
 
 
-def test_a_report_whose_claim_was_taken_over_queues_nothing(store: AuditSource, state: StateStore,  # noqa: F811
+def test_a_report_whose_claim_was_taken_over_queues_nothing(store: AuditSource, state: StateStore,
                                                           tmp_path: Path) -> None:
     clock = Clock(T0)
     ctx = context(store, state, tmp_path, clock, "r1")
@@ -154,8 +163,8 @@ def _add_report(config_path: Path, body: dict[str, Any]) -> None:
     config_path.write_text(json.dumps(config))
 
 
-def test_the_daemon_sends_a_report_missed_during_downtime_once(deployment: Path) -> None:  # noqa: F811
-    now = datetime.now(timezone.utc)
+def test_the_daemon_sends_a_report_missed_during_downtime_once(deployment: Path) -> None:
+    now = datetime.now(UTC)
     hour_ago = (now - timedelta(hours=1)).astimezone(BERLIN)
     _add_report(deployment, {"name": "hourly-triage", "report": "triage", "period": "1h", "channels": ["archive"],
                              "schedule": f"{hour_ago.minute} * * * *", "timezone": "Europe/Berlin"})
@@ -183,8 +192,8 @@ def test_the_daemon_sends_a_report_missed_during_downtime_once(deployment: Path)
 
 
 @pytest.mark.postgres
-def test_run_sends_a_report_at_its_cron_minute_in_its_time_zone(live: Deployment) -> None:  # noqa: F811
-    now = datetime.now(timezone.utc)
+def test_run_sends_a_report_at_its_cron_minute_in_its_time_zone(live: Deployment) -> None:
+    now = datetime.now(UTC)
     due = (now + timedelta(seconds=70 if now.second > 50 else 60)).replace(second=0, microsecond=0)
     local = due.astimezone(KATHMANDU)
     config = live.config({}, reload_watch=False)
@@ -193,7 +202,7 @@ def test_run_sends_a_report_at_its_cron_minute_in_its_time_zone(live: Deployment
     proc, listen, log_path = live.start(config)
     posts = lambda: live.slack.calls("chat.postMessage")  # noqa: E731
     wait_for(lambda: posts() and live.smtp.received, (due - now).total_seconds() + 30, "the report")
-    arrived = datetime.now(timezone.utc)
+    arrived = datetime.now(UTC)
     assert arrived >= due, (arrived, due)
     [post] = posts()
     assert "Triage" in post["text"] and post["blocks"]
@@ -213,7 +222,7 @@ def test_run_sends_a_report_at_its_cron_minute_in_its_time_zone(live: Deployment
     assert len(posts()) == 1 and len(live.smtp.received) == 1
 
 
-def test_run_once_sends_the_reports_that_are_due(deployment: Path, capsys: pytest.CaptureFixture[str]) -> None:  # noqa: F811
+def test_run_once_sends_the_reports_that_are_due(deployment: Path, capsys: pytest.CaptureFixture[str]) -> None:
     from audit_watch.daemon.once import run_once
 
     _add_report(deployment, {"name": "hourly-triage", "report": "triage", "period": "1h", "channels": ["archive"],
@@ -228,7 +237,7 @@ def test_run_once_sends_the_reports_that_are_due(deployment: Path, capsys: pytes
     assert [name.rsplit(".", 1)[1] for name in reports] == ["html", "json", "txt"], reports
 
 
-def test_a_reload_adds_reschedules_and_removes_report_jobs(deployment: Path) -> None:  # noqa: F811
+def test_a_reload_adds_reschedules_and_removes_report_jobs(deployment: Path) -> None:
     body = {"name": "daily-triage", "report": "triage", "period": "1d", "channels": ["archive"],
             "schedule": "0 7 * * *", "timezone": "UTC", "catch_up": "0"}
     _add_report(deployment, body)
@@ -251,7 +260,7 @@ def test_a_reload_adds_reschedules_and_removes_report_jobs(deployment: Path) -> 
         assert daemon.shutdown()
 
 
-def test_a_dead_replicas_report_run_is_taken_over_while_still_timely(deployment: Path) -> None:  # noqa: F811
+def test_a_dead_replicas_report_run_is_taken_over_while_still_timely(deployment: Path) -> None:
     from audit_watch.daemon.runtime import load_runtime
     from audit_watch.daemon.takeover import settle_orphans
 

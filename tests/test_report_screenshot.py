@@ -38,7 +38,7 @@ import tempfile
 import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
@@ -46,11 +46,11 @@ import pytest
 from PIL import Image
 
 from audit_watch.config.model import Config
-from audit_watch.reports import ReportResult, email_message, run_report
 from audit_watch.demo.seed import seed_database
+from audit_watch.reports import ReportResult, email_message, run_report
 from audit_watch.store.source import AuditSource
 
-END = datetime(2026, 11, 20, 12, 0, tzinfo=timezone.utc)
+END = datetime(2026, 11, 20, 12, 0, tzinfo=UTC)
 SEED, SCALE = 42, 0.25
 WIDTH = 600
 HEIGHT = 5000                  # the window: as tall as the longest report, so one shot holds every chart

@@ -8,7 +8,7 @@ from __future__ import annotations
 import csv
 import io
 import re
-from datetime import datetime, time, timedelta, timezone
+from datetime import UTC, datetime, time, timedelta, timezone
 from email import message_from_bytes
 from pathlib import Path
 from typing import Any
@@ -17,6 +17,7 @@ import pytest
 from jinja2 import UndefinedError
 
 from audit_watch.config.model import Config
+from audit_watch.core.yaml_source import InputError
 from audit_watch.reports import (
     REPORT_NAMES,
     AlertActivity,
@@ -32,10 +33,9 @@ from audit_watch.reports import (
 from audit_watch.reports.charts import daily_jobs_png, safe_label, tokens_by_agent_png
 from audit_watch.reports.periods import off_hours_spans
 from audit_watch.reports.render_report import escape_markdown, escape_slack
-from audit_watch.core.yaml_source import InputError
 
-NOW = datetime(2026, 11, 20, 12, 0, tzinfo=timezone.utc)
-UTC = timezone.utc
+NOW = datetime(2026, 11, 20, 12, 0, tzinfo=UTC)
+UTC = UTC
 
 # --- periods ------------------------------------------------------------------------------------
 

@@ -6,13 +6,12 @@ import hashlib
 import json
 import os
 import uuid
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta, timezone
 from zoneinfo import ZoneInfo
 
 import pytest
 from sqlalchemy import create_engine, inspect, select, text
 
-from audit_watch.store.schema import build_tables
 from audit_watch.demo.seed import (
     SeedError,
     planted_incidents,
@@ -22,8 +21,9 @@ from audit_watch.demo.seed import (
 )
 from audit_watch.demo.seed import incidents as inc
 from audit_watch.demo.seed.world import NEW_IP, build_world
+from audit_watch.store.schema import build_tables
 
-UTC = timezone.utc
+UTC = UTC
 END = datetime(2026, 11, 20, 12, tzinfo=UTC)
 PG_ADMIN_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
 SENSITIVE = ("agent.created", "agent.updated", "agent.deleted", "user.role_changed",

@@ -10,14 +10,15 @@ from typing import Any
 
 import pytest
 
-from audit_watch.config.model import Config
 from audit_watch.alerting.outbox import list_entries
 from audit_watch.alerting.pipeline import DeliverySummary, deliver_due, process
 from audit_watch.alerting.state import StateStore
+from audit_watch.config.model import Config
+
 from fake_slack import CHANNEL_ID, FakeSlack, rate_limited, server_error, slack_error
 from smtp_server import free_port
 from test_render import EVIL_ERROR, EVIL_NAME, assert_no_slack_injection
-from test_state import T0, evaluation, make_alert, make_rule, state, state_url  # noqa: F401 - fixtures
+from test_state import T0, evaluation, make_alert, make_rule, state, state_url
 
 TOKEN = "xoxb-test-token"
 

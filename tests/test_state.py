@@ -10,24 +10,32 @@ server is unreachable the PostgreSQL half is skipped loudly, or fails under CI.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 
 import pytest
 from sqlalchemy import MetaData, delete, select, update
 
+from audit_watch.alerting import silences
+from audit_watch.alerting.notify import decide
+from audit_watch.alerting.state import (
+    SCHEMA_VERSION,
+    StateError,
+    StateStore,
+    alert_states,
+    alert_threads,
+    metadata,
+    outbox,
+    schema_version,
+)
 from audit_watch.rules.alert import Alert
 from audit_watch.rules.evaluate import Evaluation
-from audit_watch.alerting.notify import decide
 from audit_watch.rules.loader import RULE_ADAPTER
 from audit_watch.rules.model import RuleBase
-from audit_watch.alerting import silences
-from audit_watch.alerting.state import (
-    SCHEMA_VERSION, StateError, StateStore, alert_states, alert_threads, metadata, outbox, schema_version,
-)
 
-T0 = datetime(2026, 11, 20, 12, 0, tzinfo=timezone.utc)
-from pg import PG_ADMIN_URL, temporary_postgres  # noqa: E402,F401  (re-exported for other test modules)
+T0 = datetime(2026, 11, 20, 12, 0, tzinfo=UTC)
+from pg import PG_ADMIN_URL, temporary_postgres  # noqa: E402  (re-exported for other test modules)
+
 BASE = "https://auxot.example.com"
 
 
@@ -257,8 +265,8 @@ def test_silence_validation(state: StateStore) -> None:
 
 def test_states_survive_in_the_database(state: StateStore) -> None:
     """process() writes what decide() said; a second store object reads it back."""
-    from audit_watch.config.model import Config
     from audit_watch.alerting.pipeline import alerts_table, process
+    from audit_watch.config.model import Config
 
     config = Config.model_validate({"channels": {"oncall": {"type": "file", "path": "unused"}}})
     rule = make_rule(**{"for": "5m"})

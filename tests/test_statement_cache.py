@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import gc
 from collections.abc import Callable
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 
 import pytest
@@ -23,7 +23,7 @@ from audit_watch.rules.loader import RULE_ADAPTER
 from audit_watch.rules.model import RuleBase
 from audit_watch.store.source import AuditSource, Moment, StatementCache
 
-NOW = datetime(2026, 11, 20, 12, 0, tzinfo=timezone.utc)
+NOW = datetime(2026, 11, 20, 12, 0, tzinfo=UTC)
 
 # Before, between and after the rows below: each rule's answer changes across them.
 NOWS = [NOW, NOW - timedelta(minutes=45), NOW - timedelta(hours=3), NOW - timedelta(days=1),
@@ -182,7 +182,7 @@ def test_cached_statement_binds_times_as_parameters(store: AuditSource) -> None:
         assert values[Moment(timedelta(hours=4)).coarse_low_key] == "2026-11-19"
         assert values[Moment(timedelta(0)).coarse_high_key] == "2026-11-22"
     else:
-        assert exact == datetime(2026, 11, 20, 8, tzinfo=timezone.utc)
+        assert exact == datetime(2026, 11, 20, 8, tzinfo=UTC)
 
 
 def test_between_with_moments_matches_between_with_datetimes(store: AuditSource, insert: Callable[..., Any]) -> None:

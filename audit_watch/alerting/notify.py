@@ -26,10 +26,10 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Any
 
-from audit_watch.rules.alert import Alert
-from audit_watch.rules.model import RuleBase
 from audit_watch.alerting.silences import Silence, silence_for
 from audit_watch.alerting.state import AlertState
+from audit_watch.rules.alert import Alert
+from audit_watch.rules.model import RuleBase
 
 log = logging.getLogger(__name__)
 
@@ -148,7 +148,8 @@ def decide(
     return step
 
 
-def _still_firing(step: Step, rule: RuleBase, item: AlertState, alert: Alert, silence: Silence | None, now: datetime) -> None:
+def _still_firing(step: Step, rule: RuleBase, item: AlertState, alert: Alert, silence: Silence | None,
+                  now: datetime) -> None:
     if item.last_notified_at is None:
         _announce(step, item, alert, FIRING, silence, now)  # fired during a silence
     elif rule.repeat and now - item.last_notified_at >= rule.repeat:

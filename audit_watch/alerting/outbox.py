@@ -27,8 +27,8 @@ from typing import Any
 from sqlalchemy import and_, delete, exists, func, insert, not_, or_, select, update
 from sqlalchemy.engine import Connection
 
-from audit_watch.channels.base import DeliveryResult, Notification
 from audit_watch.alerting.state import StateStore, alert_threads, outbox
+from audit_watch.channels.base import DeliveryResult, Notification
 
 log = logging.getLogger(__name__)
 
@@ -50,7 +50,7 @@ class DeliveryPolicy:
     batch_size: int = 50
 
     @classmethod
-    def from_config(cls, delivery: Any) -> "DeliveryPolicy":
+    def from_config(cls, delivery: Any) -> DeliveryPolicy:
         """The policy the config's ``delivery:`` section asks for."""
         return cls(max_age=delivery.max_age, base_delay=delivery.base_delay, max_delay=delivery.max_delay)
 
@@ -137,11 +137,14 @@ def claim(state: StateStore, now: datetime, policy: DeliveryPolicy, exclude: Ite
             .where(outbox.c.id.in_(ids), _due(now))
             .values(status=SENDING, claimed_until=now + policy.lease, attempts=outbox.c.attempts + 1, last_attempt_at=now)
         )
-        rows = conn.execute(select(outbox).where(outbox.c.id.in_(ids), outbox.c.status == SENDING).order_by(outbox.c.id)).all()
+        claimed = select(outbox).where(outbox.c.id.in_(ids), outbox.c.status == SENDING).order_by(outbox.c.id)
+        rows = conn.execute(claimed).all()
         parent_ids = {row.parent_id for row in rows if row.parent_id is not None}
         parents = {}
         if parent_ids:
-            found = conn.execute(select(outbox.c.id, outbox.c.remote_ref, outbox.c.status).where(outbox.c.id.in_(parent_ids)))
+            found = conn.execute(
+                select(outbox.c.id, outbox.c.remote_ref, outbox.c.status).where(outbox.c.id.in_(parent_ids))
+            )
             parents = {p.id: p.remote_ref for p in found if p.status == DELIVERED}
     return [
         Claimed(

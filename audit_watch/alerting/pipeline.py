@@ -22,22 +22,36 @@ from typing import Any
 from markupsafe import escape
 from sqlalchemy.engine import Connection
 
-from audit_watch.channels import Channel, DeliveryResult, make_channel, threaded
-from audit_watch.core.errors import short_error
-from audit_watch.channels.messages import Entry, MessageContext, compose, rule_info, update_message
-from audit_watch.config.model import Config
-from audit_watch.channels.settings import SlackChannel
-from audit_watch.rules.evaluate import Evaluation
 from audit_watch.alerting.notify import FIRING, RESOLVED, Planned, decide, plan
 from audit_watch.alerting.outbox import (
-    DeliveryPolicy, OutboxEntry, claim, counts, enqueue, list_entries, payload_of, record,
+    DeliveryPolicy,
+    OutboxEntry,
+    claim,
+    counts,
+    enqueue,
+    list_entries,
+    payload_of,
+    record,
 )
-from audit_watch.channels.render import Renderer, mrkdwn_escape
 from audit_watch.alerting.silences import active_silences
 from audit_watch.alerting.state import (
-    AlertState, StateStore, all_states, clear_thread_roots, load_states, save_states, set_thread_root,
-    states_by_fingerprint, thread_roots,
+    AlertState,
+    StateStore,
+    all_states,
+    clear_thread_roots,
+    load_states,
+    save_states,
+    set_thread_root,
+    states_by_fingerprint,
+    thread_roots,
 )
+from audit_watch.channels import Channel, DeliveryResult, make_channel, threaded
+from audit_watch.channels.messages import Entry, MessageContext, compose, rule_info, update_message
+from audit_watch.channels.render import Renderer, mrkdwn_escape
+from audit_watch.channels.settings import SlackChannel
+from audit_watch.config.model import Config
+from audit_watch.core.errors import short_error
+from audit_watch.rules.evaluate import Evaluation
 
 log = logging.getLogger(__name__)
 
@@ -167,7 +181,7 @@ def _queue(conn: Connection, planned: Planned, config: Config, renderer: Rendere
             update = _root_update(conn, planned, renderer, ctx, channel.max_rows)
             if update is not None:
                 payload["update"] = update
-    except Exception as exc:  # noqa: BLE001 - a rendering bug must not lose the notification
+    except Exception as exc:
         log.exception("rendering %s for %s failed; sending a plain fallback", planned.rule.name, planned.channel)
         payload = _fallback_payload(planned, ctx, short_error(exc))
     outbox_id = enqueue(
@@ -265,7 +279,7 @@ def _send(name: str, items: list[Any], config: Config, overrides: Mapping[str, C
         sender = built[name] = make_channel(name, channel_config, config.base_dir, **options.get(name, {}))
     try:
         results = sender.send_batch([i.notification for i in items])
-    except Exception as exc:  # noqa: BLE001 - a sender bug must not lose the batch
+    except Exception as exc:
         log.exception("channel %s raised while sending", name)
         return [DeliveryResult.retry(short_error(exc))] * len(items)
     if len(results) != len(items):  # pragma: no cover - a sender contract breach

@@ -21,9 +21,9 @@ from typing import Any
 from sqlalchemy import insert, select, update
 from sqlalchemy.engine import Connection
 
-from audit_watch.rules.alert import Alert
 from audit_watch.alerting.state import StateStore
 from audit_watch.alerting.state import silences as silence_table
+from audit_watch.rules.alert import Alert
 
 
 class SilenceError(ValueError):

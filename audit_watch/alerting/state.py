@@ -38,9 +38,9 @@ from sqlalchemy import (
 )
 from sqlalchemy.engine import Connection, Engine
 
-from audit_watch.rules.alert import Alert
 from audit_watch.config.model import Config
 from audit_watch.core.timestamps import UtcDateTime, parse_timestamp
+from audit_watch.rules.alert import Alert
 from audit_watch.store.source import make_engine
 
 log = logging.getLogger(__name__)
@@ -151,7 +151,7 @@ class StateStore:
     engine: Engine
 
     @classmethod
-    def open(cls, url: str) -> "StateStore":
+    def open(cls, url: str) -> StateStore:
         engine = make_engine(url)
         if engine.dialect.name == "sqlite":
             _sqlite_explicit_transactions(engine)
@@ -160,7 +160,7 @@ class StateStore:
         return store
 
     @classmethod
-    def from_config(cls, config: Config) -> "StateStore":
+    def from_config(cls, config: Config) -> StateStore:
         """``state.url`` as written: like ``source.url``, a relative SQLite path is
         relative to the working directory (paths such as ``rules`` are relative to
         the config file; URLs are not paths)."""
@@ -310,7 +310,8 @@ def set_thread_root(conn: Connection, fingerprints: list[str], channel: str, out
     conn.execute(
         delete(alert_threads).where(alert_threads.c.fingerprint.in_(fingerprints), alert_threads.c.channel == channel)
     )
-    conn.execute(insert(alert_threads), [{"fingerprint": fp, "channel": channel, "outbox_id": outbox_id} for fp in fingerprints])
+    rows = [{"fingerprint": fp, "channel": channel, "outbox_id": outbox_id} for fp in fingerprints]
+    conn.execute(insert(alert_threads), rows)
 
 
 def clear_thread_roots(conn: Connection, fingerprints: list[str]) -> None:

@@ -38,15 +38,15 @@ class DeliveryResult:
     remote_ref: dict[str, Any] | None = None   # Slack {channel, ts}; email {message_id}
 
     @classmethod
-    def delivered(cls, remote_ref: dict[str, Any] | None = None, note: str | None = None) -> "DeliveryResult":
+    def delivered(cls, remote_ref: dict[str, Any] | None = None, note: str | None = None) -> DeliveryResult:
         return cls(ok=True, error=note, remote_ref=remote_ref)
 
     @classmethod
-    def retry(cls, error: str, retry_after: float | None = None, remote_ref: dict[str, Any] | None = None) -> "DeliveryResult":
+    def retry(cls, error: str, retry_after: float | None = None, remote_ref: dict[str, Any] | None = None) -> DeliveryResult:
         return cls(ok=False, retryable=True, error=error, retry_after=retry_after, remote_ref=remote_ref)
 
     @classmethod
-    def permanent(cls, error: str, remote_ref: dict[str, Any] | None = None) -> "DeliveryResult":
+    def permanent(cls, error: str, remote_ref: dict[str, Any] | None = None) -> DeliveryResult:
         return cls(ok=False, retryable=False, error=error, remote_ref=remote_ref)
 
 
@@ -64,5 +64,5 @@ class Channel(ABC):
         """Deliver several (email overrides this to use one connection)."""
         return [self.send(n) for n in notifications]
 
-    def close(self) -> None:
+    def close(self) -> None:  # noqa: B027 - optional for subclasses, a no-op by default
         """Release connections (nothing by default)."""

@@ -27,8 +27,8 @@ from email.utils import format_datetime
 from typing import Any
 
 from audit_watch.channels.base import Channel, DeliveryResult, Notification
-from audit_watch.core.errors import short_error
 from audit_watch.channels.settings import EmailChannel
+from audit_watch.core.errors import short_error
 
 log = logging.getLogger(__name__)
 

@@ -18,8 +18,8 @@ from pathlib import Path
 from typing import Any
 
 from audit_watch.channels.base import Channel, DeliveryResult, Notification
-from audit_watch.core.errors import short_error
 from audit_watch.channels.settings import FileChannel
+from audit_watch.core.errors import short_error
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
 

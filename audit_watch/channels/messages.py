@@ -20,12 +20,12 @@ from typing import Any
 
 import css_inline
 
-from audit_watch.channels.slack_blocks import Section, build_message
-from audit_watch.channels.settings import EmailChannel, FileChannel, SlackChannel, SlackWebhookChannel
-from audit_watch.core.durations import format_duration
 from audit_watch.channels.render import Renderer, mrkdwn_escape
-from audit_watch.core.timestamps import parse_timestamp
+from audit_watch.channels.settings import EmailChannel, FileChannel, SlackChannel, SlackWebhookChannel
+from audit_watch.channels.slack_blocks import Section, build_message
+from audit_watch.core.durations import format_duration
 from audit_watch.core.labels import group_label
+from audit_watch.core.timestamps import parse_timestamp
 
 SEVERITY_EMOJI = {"critical": "🔴", "warning": "🟠", "info": "🔵"}
 _INLINER = css_inline.CSSInliner(load_remote_stylesheets=False)

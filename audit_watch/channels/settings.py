@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from datetime import timedelta
-from typing import Annotated, Literal, Union
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr
 
@@ -49,5 +49,5 @@ class FileChannel(_Strict):
 
 
 Channel = Annotated[
-    Union[SlackChannel, SlackWebhookChannel, EmailChannel, FileChannel], Field(discriminator="type")
+    SlackChannel | SlackWebhookChannel | EmailChannel | FileChannel, Field(discriminator="type")
 ]

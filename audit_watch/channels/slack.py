@@ -23,8 +23,8 @@ from slack_sdk.errors import SlackApiError
 from slack_sdk.webhook import WebhookClient
 
 from audit_watch.channels.base import Channel, DeliveryResult, Notification
-from audit_watch.core.errors import short_error
 from audit_watch.channels.settings import SlackChannel, SlackWebhookChannel
+from audit_watch.core.errors import short_error
 
 log = logging.getLogger(__name__)
 
@@ -129,7 +129,8 @@ class SlackBotChannel(Channel):
 class SlackWebhookSender(Channel):
     """A ``slack_webhook`` channel: no threads, no updates, every notification a message."""
 
-    def __init__(self, name: str, config: SlackWebhookChannel, client: WebhookClient | None = None, timeout: int = 15) -> None:
+    def __init__(self, name: str, config: SlackWebhookChannel, client: WebhookClient | None = None,
+                 timeout: int = 15) -> None:
         super().__init__(name)
         self.client = client or WebhookClient(config.url.get_secret_value(), timeout=timeout, retry_handlers=[])
 

@@ -12,13 +12,12 @@ from pathlib import Path
 from sqlalchemy import inspect
 from sqlalchemy.exc import SQLAlchemyError
 
-from audit_watch.config.model import Config, read_config
 from audit_watch.channels.render import BUNDLED_TEMPLATES, check_templates
+from audit_watch.config.model import Config, read_config
+from audit_watch.core.yaml_source import Problem
 from audit_watch.reports import report_definitions
 from audit_watch.rules.loader import load_rules
 from audit_watch.store.source import AuditSource
-from audit_watch.core.yaml_source import Problem
-
 
 
 @dataclass

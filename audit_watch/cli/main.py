@@ -11,7 +11,7 @@ import json
 import logging
 import sys
 from collections.abc import Callable
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -72,7 +72,8 @@ class Settings:
 def common_options(command: Callable[..., Any]) -> Callable[..., Any]:
     """``--config`` and ``--source`` on every command (also accepted before it)."""
 
-    @click.option("--config", "config_path", type=click.Path(dir_okay=False), help="Config file (default ./audit-watch.yaml).")
+    @click.option("--config", "config_path", type=click.Path(dir_okay=False),
+                  help="Config file (default ./audit-watch.yaml).")
     @click.option("--source", "source_url", help="SQLAlchemy URL of the audit store (overrides source.url).")
     @click.pass_context
     @functools.wraps(command)
@@ -112,7 +113,7 @@ def main(ctx: click.Context, config_path: str | None, source_url: str | None, lo
 
 
 def wall_clock() -> datetime:
-    return datetime.now(timezone.utc)
+    return datetime.now(UTC)
 
 
 def _now(value: datetime | None) -> datetime:
@@ -169,8 +170,8 @@ def check(settings: Settings, connect: bool) -> None:
 @common_options
 def test_rule(settings: Settings, file: str, now: datetime | None, rule_name: str | None, as_json: bool) -> None:
     """Evaluate a rule once and print what would fire. Sends nothing, changes nothing."""
-    from audit_watch.rules.evaluate import evaluate_rule
     from audit_watch.cli.terminal import alerts_table, console
+    from audit_watch.rules.evaluate import evaluate_rule
 
     moment = _now(now)
     rules = _rules_of_file(settings, file, rule_name)
@@ -225,8 +226,8 @@ def _test_rule_json(name: str, now: datetime, alerts: list[Any]) -> dict[str, An
 def backtest(settings: Settings, file: str, start: datetime, end: datetime, step: Any,
              rule_name: str | None, as_json: bool) -> None:
     """Evaluate a rule at every step of a range and summarise when it would have fired."""
-    from audit_watch.rules.backtest import backtest as run_backtest
     from audit_watch.cli.terminal import backtest_summary, backtest_tables, console
+    from audit_watch.rules.backtest import backtest as run_backtest
 
     if end < start:
         raise click.BadParameter("--to is before --from", param_hint="--to")
@@ -256,8 +257,8 @@ def backtest(settings: Settings, file: str, start: datetime, end: datetime, step
 @common_options
 def test_rules(settings: Settings, files: tuple[str, ...]) -> None:
     """Run rule unit tests (YAML: rows at relative times, expected alerts)."""
-    from audit_watch.rules.ruletest import run_test_file
     from audit_watch.cli.terminal import console, rule_test_lines
+    from audit_watch.rules.ruletest import run_test_file
 
     results = []
     for file in files:
@@ -462,11 +463,11 @@ def _deliver_report(config: Config, result: Any, channels: tuple[str, ...], now:
     Exit 1 when a delivery is dead."""
     from sqlalchemy import select
 
-    from audit_watch.daemon import ledger
     from audit_watch.alerting.outbox import DeliveryPolicy
     from audit_watch.alerting.pipeline import deliver_due
-    from audit_watch.reports import queue_report
     from audit_watch.alerting.state import StateStore, outbox
+    from audit_watch.daemon import ledger
+    from audit_watch.reports import queue_report
 
     policy = DeliveryPolicy.from_config(config.delivery)
     state = StateStore.from_config(config)
@@ -507,8 +508,8 @@ def _write_report(result: Any, fmt: str, out: str | None) -> Any:
 
 def _alert_activity(config: Config) -> list[Any]:
     """Alerts of the state database for the digest; none when there is no state yet."""
-    from audit_watch.daemon.report_jobs import alert_activity
     from audit_watch.alerting.state import StateStore
+    from audit_watch.daemon.report_jobs import alert_activity
 
     try:
         state = StateStore.from_config(config)

@@ -9,9 +9,9 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
+from audit_watch.core.numbers import number
 from audit_watch.demo.run import DemoResult
 from audit_watch.rules.alert import Alert
-from audit_watch.core.numbers import number
 from audit_watch.rules.backtest import BacktestResult
 from audit_watch.rules.ruletest import CaseResult
 

@@ -11,13 +11,22 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, ValidationInfo, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 from pydantic_core import PydanticCustomError
 
+from audit_watch.channels.settings import Channel
 from audit_watch.core.durations import Duration
 from audit_watch.core.validators import TimeZoneName
 from audit_watch.core.yaml_source import InputError, LocatedDocument, Problem, interpolate_env, load_yaml
-from audit_watch.channels.settings import Channel
 from audit_watch.store.settings import SourceConfig
 
 DEFAULT_CONFIG_NAME = "audit-watch.yaml"
@@ -51,7 +60,7 @@ class HeartbeatConfig(_Strict):
     every: Duration = timedelta(minutes=5)
 
     @model_validator(mode="after")
-    def _one_target(self) -> "HeartbeatConfig":
+    def _one_target(self) -> HeartbeatConfig:
         if (self.channel is None) == (self.url is None):
             raise ValueError("give either channel or url")
         if self.every < timedelta(seconds=1):

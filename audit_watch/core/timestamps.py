@@ -3,7 +3,7 @@ datetimes on every backend (ISO text on SQLite, ``timestamptz`` on PostgreSQL)."
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import DateTime, Text, TypeDecorator
@@ -47,8 +47,8 @@ class UtcDateTime(TypeDecorator[datetime]):
 def as_utc(value: datetime) -> datetime:
     """Naive datetimes are UTC by the store's contract."""
     if value.tzinfo is None:
-        return value.replace(tzinfo=timezone.utc)
-    return value.astimezone(timezone.utc)
+        return value.replace(tzinfo=UTC)
+    return value.astimezone(UTC)
 
 
 def parse_timestamp(text: str) -> datetime:

@@ -62,7 +62,7 @@ class LocatedDocument:
         path = tuple(path)
         return Problem(self.file, self.line_of(path), dotted(path), message)
 
-    def sub(self, prefix: Path_) -> "LocatedDocument":
+    def sub(self, prefix: Path_) -> LocatedDocument:
         """The part under ``prefix`` as a document of its own (same file and lines)."""
         n = len(prefix)
         data = self.data

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 from audit_watch.alerting.outbox import DeliveryPolicy
@@ -18,7 +18,7 @@ REPLICA_HEARTBEAT = 1.0    # seconds between a replica's signs of life
 
 
 def utc_now() -> datetime:
-    return datetime.now(timezone.utc)
+    return datetime.now(UTC)
 
 
 ELSEWHERE = "elsewhere"   # another replica (or an earlier run) has the tick

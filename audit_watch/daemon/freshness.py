@@ -17,15 +17,15 @@ from datetime import datetime, timedelta
 
 from sqlalchemy import func, select
 
-from audit_watch.daemon import ledger
-from audit_watch.core.errors import short_error
 from audit_watch.config.model import FreshnessConfig
 from audit_watch.core.durations import format_duration
+from audit_watch.core.errors import short_error
+from audit_watch.daemon import ledger
+from audit_watch.daemon.context import TickContext
+from audit_watch.daemon.self_alerts import BUILTIN_PREFIX, builtin_alert, builtin_rule, has_open_alert, process_builtin
 from audit_watch.rules.links import list_link
 from audit_watch.rules.model import RuleBase
-from audit_watch.daemon.self_alerts import BUILTIN_PREFIX, builtin_alert, builtin_rule, has_open_alert, process_builtin
 from audit_watch.store.source import AuditSource
-from audit_watch.daemon.context import TickContext
 
 log = logging.getLogger(__name__)
 

@@ -32,15 +32,29 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import (
-    Column, Float, Index, Integer, MetaData, String, Table, Text, and_, delete, func, insert, or_, select, update,
+    Column,
+    Float,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+    and_,
+    delete,
+    func,
+    insert,
+    or_,
+    select,
+    update,
 )
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection
 
-from audit_watch.core.errors import short_error
-from audit_watch.core.timestamps import UtcDateTime
 from audit_watch.alerting import outbox as outbox_rows
 from audit_watch.alerting.state import StateError, StateStore, lock_schema, outbox
+from audit_watch.core.errors import short_error
+from audit_watch.core.timestamps import UtcDateTime
 
 log = logging.getLogger(__name__)
 

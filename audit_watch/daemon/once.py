@@ -6,17 +6,16 @@ from __future__ import annotations
 import sys
 from datetime import datetime
 
-from audit_watch.daemon import ledger
+from audit_watch.alerting.pipeline import DeliverySummary
+from audit_watch.alerting.state import StateStore
 from audit_watch.config.model import read_config
-from audit_watch.daemon.context import REPLICA_HEARTBEAT, utc_now
+from audit_watch.daemon import ledger
+from audit_watch.daemon.context import ELSEWHERE, REPLICA_HEARTBEAT, utc_now
 from audit_watch.daemon.freshness import FreshnessWatch, check_every, freshness_tick
+from audit_watch.daemon.report_jobs import ReportOutcome, run_report_tick
 from audit_watch.daemon.runtime import load_runtime
 from audit_watch.daemon.schedules import interval_trigger, latest_tick
-from audit_watch.alerting.state import StateStore
-from audit_watch.alerting.pipeline import DeliverySummary
-from audit_watch.daemon.report_jobs import ReportOutcome, run_report_tick
 from audit_watch.daemon.tick import TickOutcome, deliver, run_due
-from audit_watch.daemon.context import ELSEWHERE
 
 
 def run_once(config_path: str | None, source_url: str | None, now: datetime | None) -> int:

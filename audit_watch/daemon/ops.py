@@ -32,18 +32,17 @@ from prometheus_client.registry import Collector
 from sqlalchemy import func, select
 
 from audit_watch import __version__
-
-from audit_watch.daemon import ledger
-from audit_watch.channels import make_channel
-from audit_watch.channels.base import Notification
-from audit_watch.core.errors import short_error
-from audit_watch.config.model import Config, HeartbeatConfig
 from audit_watch.alerting.outbox import STATUSES
 from audit_watch.alerting.pipeline import DeliverySummary
-from audit_watch.daemon.schedules import latest_tick, tick_gap
 from audit_watch.alerting.state import StateStore, alert_states, outbox
-from audit_watch.daemon.tick import TickOutcome
+from audit_watch.channels import make_channel
+from audit_watch.channels.base import Notification
+from audit_watch.config.model import Config, HeartbeatConfig
+from audit_watch.core.errors import short_error
+from audit_watch.daemon import ledger
 from audit_watch.daemon.context import ELSEWHERE, TickContext
+from audit_watch.daemon.schedules import latest_tick, tick_gap
+from audit_watch.daemon.tick import TickOutcome
 
 log = logging.getLogger(__name__)
 
@@ -257,7 +256,7 @@ class OpsServer:
         host, port = self.server.server_address[:2]
         return f"{host}:{port}"
 
-    def start(self) -> "OpsServer":
+    def start(self) -> OpsServer:
         self.thread.start()
         return self
 
@@ -276,7 +275,7 @@ def send_heartbeat(config: Config, heartbeat: HeartbeatConfig, replica: str, now
         url = heartbeat.url.get_secret_value()
         request = urllib.request.Request(url, headers={"User-Agent": f"audit-watch/{__version__}"})
         try:
-            with urllib.request.urlopen(request, timeout=10) as response:  # noqa: S310 - an operator's URL
+            with urllib.request.urlopen(request, timeout=10) as response:
                 return None if 200 <= response.status < 300 else f"HTTP {response.status}"
         except (urllib.error.URLError, OSError, ValueError) as exc:
             return short_error(exc)

@@ -26,16 +26,16 @@ from zoneinfo import ZoneInfo
 
 from sqlalchemy.exc import SQLAlchemyError
 
-from audit_watch.daemon import ledger
-from audit_watch.core.errors import short_error
 from audit_watch.alerting.pipeline import alerts_table
+from audit_watch.alerting.state import StateStore
+from audit_watch.core.errors import short_error
+from audit_watch.daemon import ledger
+from audit_watch.daemon.context import ELSEWHERE, TickContext
+from audit_watch.daemon.schedules import CronScheduleTrigger
 from audit_watch.reports import build_report, period_for
 from audit_watch.reports.delivery import enqueue_report, report_payloads
 from audit_watch.reports.inputs import AlertActivity
 from audit_watch.reports.model import ReportDefinitionBase
-from audit_watch.daemon.schedules import CronScheduleTrigger
-from audit_watch.alerting.state import StateStore
-from audit_watch.daemon.context import ELSEWHERE, TickContext
 
 log = logging.getLogger(__name__)
 

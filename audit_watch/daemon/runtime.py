@@ -13,21 +13,21 @@ from typing import Any
 
 from apscheduler.triggers.base import BaseTrigger
 
-from audit_watch.core.errors import short_error
+from audit_watch.alerting.outbox import DeliveryPolicy
+from audit_watch.alerting.state import StateStore
+from audit_watch.channels.render import Renderer
 from audit_watch.config.model import Config, read_config
 from audit_watch.core.definition_files import yaml_files
-from audit_watch.alerting.outbox import DeliveryPolicy
-from audit_watch.channels.render import Renderer
+from audit_watch.core.errors import short_error
+from audit_watch.core.yaml_source import Problem
+from audit_watch.daemon.context import TickContext
 from audit_watch.daemon.report_jobs import allowed_lateness, report_trigger, scheduled_reports
+from audit_watch.daemon.schedules import CronScheduleTrigger, latest_tick, rule_trigger
 from audit_watch.reports.loader import report_definitions
 from audit_watch.reports.model import ReportDefinitionBase
 from audit_watch.rules.loader import load_rules, rule_files
 from audit_watch.rules.model import RuleBase
-from audit_watch.daemon.schedules import CronScheduleTrigger, latest_tick, rule_trigger
 from audit_watch.store.source import AuditSource
-from audit_watch.alerting.state import StateStore
-from audit_watch.daemon.context import TickContext
-from audit_watch.core.yaml_source import Problem
 
 log = logging.getLogger(__name__)
 
@@ -62,7 +62,7 @@ class Runtime:
         """Whether report ``name``'s run for ``tick`` may still be sent at ``now``."""
         return name in self.reports and now - tick <= allowed_lateness(self.reports[name])
 
-    def needs_restart(self, before: "Runtime") -> list[str]:
+    def needs_restart(self, before: Runtime) -> list[str]:
         """Settings that changed but that a reload cannot apply to a running process."""
         def keys(r: Runtime) -> dict[str, Any]:
             return {"state.url": r.config.state.url, "daemon.listen": r.config.daemon.listen,

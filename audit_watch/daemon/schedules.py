@@ -9,7 +9,7 @@ tick it was due for, so that a run that starts late still evaluates its own tick
 from __future__ import annotations
 
 import threading
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
 
@@ -23,7 +23,7 @@ from audit_watch.rules.model import RuleBase
 
 # Ticks of an `every` count from here (a Monday, 00:00 UTC): the same on every replica,
 # and on the hour/day/week for intervals that divide those.
-ANCHOR = datetime(2001, 1, 1, tzinfo=timezone.utc)
+ANCHOR = datetime(2001, 1, 1, tzinfo=UTC)
 _SECOND = timedelta(seconds=1)
 
 
@@ -44,7 +44,7 @@ class CronScheduleTrigger(BaseTrigger):
 
     def latest(self, now: datetime) -> datetime:
         start = now.replace(microsecond=0) + _SECOND
-        return next(iter(CronSim(self.expr, start.astimezone(self.zone), reverse=True))).astimezone(timezone.utc)
+        return next(iter(CronSim(self.expr, start.astimezone(self.zone), reverse=True))).astimezone(UTC)
 
     def __str__(self) -> str:
         return f"cron[{self.expr}, {self.zone.key}]"
@@ -90,7 +90,7 @@ def scheduled_time() -> datetime | None:
 
 
 def interval_trigger(every: timedelta) -> IntervalTrigger:
-    return IntervalTrigger(seconds=max(1, int(every.total_seconds())), start_date=ANCHOR, timezone=timezone.utc)
+    return IntervalTrigger(seconds=max(1, int(every.total_seconds())), start_date=ANCHOR, timezone=UTC)
 
 
 def rule_trigger(rule: RuleBase, default_timezone: str) -> BaseTrigger:
@@ -105,7 +105,7 @@ def latest_tick(trigger: BaseTrigger, now: datetime) -> datetime:
         return trigger.latest(now)
     if isinstance(trigger, IntervalTrigger):
         steps = (now - trigger.start_date) // trigger.interval
-        return (trigger.start_date + steps * trigger.interval).astimezone(timezone.utc)
+        return (trigger.start_date + steps * trigger.interval).astimezone(UTC)
     raise TypeError(f"no latest tick for {trigger!r}")
 
 

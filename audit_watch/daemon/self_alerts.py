@@ -9,15 +9,14 @@ from collections.abc import Iterable
 from datetime import datetime, timedelta
 from typing import Any
 
+from audit_watch.alerting.pipeline import process
+from audit_watch.alerting.state import StateStore, load_states
 from audit_watch.daemon import ledger
 from audit_watch.daemon.context import TickContext
 from audit_watch.rules.alert import Alert
 from audit_watch.rules.evaluate import Evaluation
 from audit_watch.rules.links import condition_filters, list_link
-from audit_watch.alerting.pipeline import process
 from audit_watch.rules.model import RuleBase
-from audit_watch.alerting.state import StateStore, load_states
-
 
 log = logging.getLogger(__name__)
 

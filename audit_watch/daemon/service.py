@@ -26,21 +26,21 @@ import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from apscheduler.events import EVENT_JOB_MAX_INSTANCES, EVENT_JOB_MISSED, JobExecutionEvent, JobSubmissionEvent
 from apscheduler.schedulers.background import BackgroundScheduler
 
+from audit_watch.alerting.state import StateStore
+from audit_watch.config.model import read_config
+from audit_watch.core.errors import short_error
+from audit_watch.core.logs import configure_logging
 from audit_watch.daemon import ledger
 from audit_watch.daemon.context import REPLICA_HEARTBEAT, utc_now
-from audit_watch.core.errors import short_error
-from audit_watch.config.model import read_config
 from audit_watch.daemon.freshness import FreshnessWatch, check_every, freshness_tick
-from audit_watch.core.logs import configure_logging
 from audit_watch.daemon.ops import Health, Metrics, OpsServer, heartbeat_tick, ops_app
 from audit_watch.daemon.report_jobs import run_report_tick
-from audit_watch.alerting.state import StateStore
 from audit_watch.daemon.runtime import Runtime, load_runtime, log_disconnects, schedule_changes, watch_snapshot
 from audit_watch.daemon.schedules import TickPoolExecutor, interval_trigger, latest_tick, scheduled_time
 from audit_watch.daemon.takeover import settle_orphans
@@ -142,7 +142,7 @@ class Daemon:
         scheduler = BackgroundScheduler(
             executors={"default": TickPoolExecutor(runtime.config.daemon.workers), "internal": TickPoolExecutor(4),
                        "reports": TickPoolExecutor(REPORT_WORKERS)},
-            job_defaults={"coalesce": True, "max_instances": 1}, timezone=timezone.utc,
+            job_defaults={"coalesce": True, "max_instances": 1}, timezone=UTC,
         )
         scheduler.add_listener(self._on_skipped, EVENT_JOB_MISSED | EVENT_JOB_MAX_INSTANCES)
         self.scheduler = scheduler
@@ -496,7 +496,7 @@ def run_daemon(config_path: str | None, source_url: str | None, log_format: str 
     _install_signals(daemon)
     try:
         code = daemon.start()
-    except Exception:  # noqa: BLE001 - said in the log's own format, not as a bare traceback
+    except Exception:
         log.exception("audit-watch could not start")
         code = 1
     if code is not None:

@@ -18,20 +18,24 @@ from datetime import datetime, timedelta
 
 from apscheduler.triggers.base import BaseTrigger
 
+from audit_watch.alerting.pipeline import DeliverySummary, ProcessSummary, deliver_due, process
+from audit_watch.alerting.state import StateStore, all_states
+from audit_watch.config.model import Config
+from audit_watch.core.errors import short_error
 from audit_watch.daemon import ledger
 from audit_watch.daemon.context import ELSEWHERE, TickContext
-from audit_watch.core.errors import short_error
-from audit_watch.config.model import Config
-from audit_watch.rules.evaluate import Evaluation, evaluate_rule, evaluate_rules
-from audit_watch.alerting.pipeline import DeliverySummary, ProcessSummary, deliver_due, process
-from audit_watch.rules.loader import RuleSet, load_rules
-from audit_watch.rules.model import RuleBase
 from audit_watch.daemon.schedules import latest_tick
 from audit_watch.daemon.self_alerts import (
-    BUILTIN_PREFIX, builtin_rule, failing_rule_name, failing_rule_of, update_failing_alert,
+    BUILTIN_PREFIX,
+    builtin_rule,
+    failing_rule_name,
+    failing_rule_of,
+    update_failing_alert,
 )
+from audit_watch.rules.evaluate import Evaluation, evaluate_rule, evaluate_rules
+from audit_watch.rules.loader import RuleSet, load_rules
+from audit_watch.rules.model import RuleBase
 from audit_watch.store.source import AuditSource
-from audit_watch.alerting.state import StateStore, all_states
 
 log = logging.getLogger(__name__)
 
@@ -102,7 +106,7 @@ def run_rule_tick(ctx: TickContext, rule: RuleBase, tick: datetime, *, claimed: 
             processed = process([evaluation], ctx.config, ctx.state, ctx.clock(), renderer=ctx.renderer,
                                 policy=ctx.policy)
             queued = list(processed.notifications)
-        except Exception as exc:  # noqa: BLE001 - recorded as this tick's error
+        except Exception as exc:
             log.exception("rule %s at %s: recording the result failed", rule.name, tick.isoformat())
             error = f"recording the result failed: {short_error(exc)}"
     status = ledger.OK if error is None else ledger.ERROR

@@ -21,21 +21,30 @@ from datetime import datetime
 from typing import Any
 
 from audit_watch.config.model import Config
+from audit_watch.core.yaml_source import InputError, Problem
 from audit_watch.reports import compliance, token_usage, triage, weekly_digest
 from audit_watch.reports.delivery import (
-    check_report_channels, enqueue_report, queue_report, report_payload, report_payloads,
+    check_report_channels,
+    enqueue_report,
+    queue_report,
+    report_payload,
+    report_payloads,
 )
 from audit_watch.reports.inputs import AlertActivity, ReportData, ReportInputs
 from audit_watch.reports.loader import LoadedReport, find_report, report_definitions
 from audit_watch.reports.model import REPORT_NAMES, ReportDefinitionBase, default_definition
 from audit_watch.reports.output import (
-    Attachment, ReportResult, email_message, email_payload, file_basename, write_report,
+    Attachment,
+    ReportResult,
+    email_message,
+    email_payload,
+    file_basename,
+    write_report,
 )
 from audit_watch.reports.periods import Period, report_period
 from audit_watch.reports.render_report import MEDIA, render, template_folders
 from audit_watch.reports.scope import ResolvedScope, Scope, resolve_scope
 from audit_watch.store.source import AuditSource
-from audit_watch.core.yaml_source import InputError, Problem
 
 
 @dataclass(frozen=True)

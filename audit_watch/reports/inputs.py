@@ -10,11 +10,11 @@ from typing import Any
 from sqlalchemy.engine import Connection
 
 from audit_watch.config.model import LinksConfig
-from audit_watch.rules.links import list_link, row_link
 from audit_watch.reports.model import ReportDefinitionBase
 from audit_watch.reports.periods import Period
 from audit_watch.reports.queries import Span
 from audit_watch.reports.scope import ResolvedScope
+from audit_watch.rules.links import list_link, row_link
 from audit_watch.store.source import AuditSource
 
 
@@ -35,7 +35,7 @@ class AlertActivity:
     link: str | None = None
 
     @classmethod
-    def from_mapping(cls, data: Mapping[str, Any]) -> "AlertActivity":
+    def from_mapping(cls, data: Mapping[str, Any]) -> AlertActivity:
         """From a dict with these keys (e.g. a row of the state's alert history)."""
         return cls(rule=str(data["rule"]), group=str(data.get("group", "")), severity=str(data["severity"]),
                    fired_at=data["fired_at"], resolved_at=data.get("resolved_at"), value=data.get("value"),

@@ -16,9 +16,8 @@ from pydantic import ValidationError
 
 from audit_watch.config.model import problems_from_validation
 from audit_watch.core.definition_files import document_entries, load_definitions
-from audit_watch.reports.model import DEFINITION_MODELS, REPORT_NAMES, ReportDefinitionBase, default_definition
 from audit_watch.core.yaml_source import InputError, LocatedDocument, Problem, interpolate_env
-
+from audit_watch.reports.model import DEFINITION_MODELS, REPORT_NAMES, ReportDefinitionBase, default_definition
 
 
 @dataclass(frozen=True)

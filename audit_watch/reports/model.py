@@ -18,15 +18,15 @@ from __future__ import annotations
 
 import re
 from datetime import time, timedelta
-from typing import Annotated, Literal, Union
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 from pydantic_core import PydanticCustomError
 
 from audit_watch.core.durations import Duration
+from audit_watch.core.validators import CronExpression, TimeZoneName, check_channel_names
 from audit_watch.reports.periods import check_period_spec
 from audit_watch.reports.scope import Scope
-from audit_watch.core.validators import CronExpression, TimeZoneName, check_channel_names
 
 REPORT_NAMES = ("weekly-digest", "compliance", "token-usage", "triage")
 WEEKDAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
@@ -44,7 +44,7 @@ class ScopeDefinition(_Strict):
     agents: tuple[str, ...] = ()     # names or ids
 
     @model_validator(mode="after")
-    def _one_subject(self) -> "ScopeDefinition":
+    def _one_subject(self) -> ScopeDefinition:
         if self.user and self.team:
             raise ValueError("give user or team, not both")
         return self
@@ -103,7 +103,7 @@ class ReportDefinitionBase(_Strict):
         return value
 
     @model_validator(mode="after")
-    def _scheduled_needs_channels(self) -> "ReportDefinitionBase":
+    def _scheduled_needs_channels(self) -> ReportDefinitionBase:
         if self.schedule and not self.channels:
             raise PydanticCustomError("channels", "a scheduled report needs channels to deliver to",
                                       {"subpath": ["channels"]})
@@ -157,7 +157,7 @@ class ComplianceDefinition(ReportDefinitionBase):
         return tuple(d.lower() for d in value)
 
     @model_validator(mode="after")
-    def _scheduled_needs_subject(self) -> "ComplianceDefinition":
+    def _scheduled_needs_subject(self) -> ComplianceDefinition:
         # On demand the command line names the subject (--user/--team); a schedule cannot.
         if self.schedule and not (self.scope.user or self.scope.team):
             raise PydanticCustomError("scope", "a scheduled compliance report needs scope.user or scope.team",
@@ -205,7 +205,7 @@ class TriageDefinition(ReportDefinitionBase):
 
 
 ReportDefinition = Annotated[
-    Union[WeeklyDigestDefinition, ComplianceDefinition, TokenUsageDefinition, TriageDefinition],
+    WeeklyDigestDefinition | ComplianceDefinition | TokenUsageDefinition | TriageDefinition,
     Field(discriminator="report"),
 ]
 DEFINITION_MODELS: dict[str, type[ReportDefinitionBase]] = {

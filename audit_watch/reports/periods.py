@@ -14,13 +14,13 @@ length before a duration. Reports compare against them.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import date, datetime, time, timedelta, timezone
+from datetime import UTC, date, datetime, time, timedelta
 from typing import Literal
 from zoneinfo import ZoneInfo
 
 from audit_watch.core.durations import format_duration, parse_duration
-from audit_watch.core.validators import check_timezone
 from audit_watch.core.timestamps import as_utc
+from audit_watch.core.validators import check_timezone
 
 Unit = Literal["duration", "day", "week", "month"]
 CALENDAR_SPECS: dict[str, Unit] = {"yesterday": "day", "last_week": "week", "last_month": "month"}
@@ -60,7 +60,7 @@ class Period:
     def local(self, moment: datetime) -> datetime:
         return moment.astimezone(self.zone)
 
-    def shifted(self, steps: int) -> "Period":
+    def shifted(self, steps: int) -> Period:
         """The period ``steps`` places earlier (calendar-aware for days, weeks, months)."""
         if steps == 0:
             return self
@@ -78,14 +78,14 @@ class Period:
         return Period(_midnight(start_day, self.zone), _midnight(end_day, self.zone),
                       self.timezone, self.spec, self.unit)
 
-    def previous(self) -> "Period":
+    def previous(self) -> Period:
         return self.shifted(1)
 
-    def history(self, count: int) -> list["Period"]:
+    def history(self, count: int) -> list[Period]:
         """The ``count`` periods before this one, newest first."""
         return [self.shifted(i) for i in range(1, count + 1)]
 
-    def buckets(self) -> list["Bucket"]:
+    def buckets(self) -> list[Bucket]:
         """Chart buckets: local calendar days when the period is cut at midnight,
         else 24-hour spans ending at ``end`` (no misleading half days); hours for
         periods of two days or less."""
@@ -199,9 +199,9 @@ def _midnight(day: date, zone: ZoneInfo) -> datetime:
     naive = datetime.combine(day, time(0))
     local = naive.replace(tzinfo=zone)
     # A nonexistent local time round-trips to a different wall clock: step past the gap.
-    if local.astimezone(timezone.utc).astimezone(zone).replace(tzinfo=None) != naive:
+    if local.astimezone(UTC).astimezone(zone).replace(tzinfo=None) != naive:
         local = (naive + timedelta(hours=1)).replace(tzinfo=zone)
-    return local.astimezone(timezone.utc)
+    return local.astimezone(UTC)
 
 
 def _add_months(day: date, months: int) -> date:
@@ -224,9 +224,9 @@ def off_hours_spans(period: Period, first: time, last: time, weekdays: frozenset
     last_day = period.local(period.end).date() + timedelta(days=1)
     while day <= last_day:
         if day.weekday() in weekdays:
-            lo = datetime.combine(day, first, tzinfo=zone).astimezone(timezone.utc)
+            lo = datetime.combine(day, first, tzinfo=zone).astimezone(UTC)
             end_day = day + timedelta(days=1) if last == time(0) else day
-            hi = datetime.combine(end_day, last, tzinfo=zone).astimezone(timezone.utc)
+            hi = datetime.combine(end_day, last, tzinfo=zone).astimezone(UTC)
             working.append((lo, hi))
         day += timedelta(days=1)
     spans: list[Bucket] = []

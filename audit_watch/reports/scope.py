@@ -20,8 +20,8 @@ from sqlalchemy import and_, false, func, or_, select, true
 from sqlalchemy.engine import Connection
 from sqlalchemy.sql.elements import ColumnElement
 
-from audit_watch.store.source import AuditSource
 from audit_watch.core.yaml_source import InputError, Problem
+from audit_watch.store.source import AuditSource
 
 
 @dataclass(frozen=True)

@@ -74,7 +74,8 @@ class Triage:
     usable: list[bool]            # which baseline windows the data covers
     normal: list[str] = field(default_factory=list)
 
-    def compare(self, rows: Sequence[dict[str, Any]], key: str, measure: str = "count") -> dict[Any, tuple[int, float | None]]:
+    def compare(self, rows: Sequence[dict[str, Any]], key: str,
+                measure: str = "count") -> dict[Any, tuple[int, float | None]]:
         """{key: (count in the window, median over the usable baseline windows)}."""
         values: dict[Any, list[int]] = {}
         for row in rows:
@@ -229,7 +230,8 @@ def per_agent_spikes(t: Triage) -> list[Item]:
     volume, tokens = t.compare(rows, "agent_id", "jobs"), t.compare(rows, "agent_id", "input")
     per_job: dict[Any, list[float]] = {}
     for row in rows:
-        per_job.setdefault(row["agent_id"], [0.0] * len(t.spans))[row["p"]] = row["input"] / row["jobs"] if row["jobs"] else 0
+        average = row["input"] / row["jobs"] if row["jobs"] else 0
+        per_job.setdefault(row["agent_id"], [0.0] * len(t.spans))[row["p"]] = average
     grades = t.compare(evaluations, "agent_id")
     names = lookup_names(conn, src, "agents", set(volume) | set(grades))
     for agent, (cur, usual) in sorted(grades.items(), key=lambda kv: str(kv[0])):

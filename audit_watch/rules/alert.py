@@ -12,6 +12,7 @@ import json
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from typing import Any
+
 from audit_watch.core.labels import group_label
 from audit_watch.core.numbers import number
 

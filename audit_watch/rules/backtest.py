@@ -12,9 +12,9 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from audit_watch.rules.alert import Alert
-from audit_watch.core.numbers import number
 from audit_watch.config.model import LinksConfig
+from audit_watch.core.numbers import number
+from audit_watch.rules.alert import Alert
 from audit_watch.rules.evaluate import evaluate_rule
 from audit_watch.rules.model import RuleBase
 from audit_watch.store.source import AuditSource

@@ -17,10 +17,10 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.engine import Connection
 
-from audit_watch.rules.alert import Alert, Finding
 from audit_watch.config.model import LinksConfig
-from audit_watch.rules.links import condition_filters, list_link, row_link
+from audit_watch.rules.alert import Alert, Finding
 from audit_watch.rules.kinds import KINDS, EvalContext
+from audit_watch.rules.links import condition_filters, list_link, row_link
 from audit_watch.rules.model import RuleBase
 from audit_watch.store.source import AuditSource
 

@@ -15,8 +15,8 @@ from pydantic import TypeAdapter, ValidationError
 
 from audit_watch.config.model import problems_from_validation
 from audit_watch.core.definition_files import document_entries, load_definitions, yaml_files
-from audit_watch.rules.model import Rule, RuleBase
 from audit_watch.core.yaml_source import InputError, LocatedDocument, Problem, interpolate_env
+from audit_watch.rules.model import Rule, RuleBase
 
 RULE_ADAPTER: TypeAdapter[Any] = TypeAdapter(Rule)
 

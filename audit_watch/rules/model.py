@@ -8,15 +8,15 @@ pydantic validation context: ``{"channels": {...}}``.
 from __future__ import annotations
 
 from datetime import timedelta
-from typing import Annotated, Any, Literal, Union
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 from pydantic_core import PydanticCustomError
 
-from audit_watch.store.columns import column_problem
 from audit_watch.core.durations import Duration
-from audit_watch.core.validators import CronExpression, TimeZoneName, check_channel_names
 from audit_watch.core.numbers import format_number
+from audit_watch.core.validators import CronExpression, TimeZoneName, check_channel_names
+from audit_watch.store.columns import column_problem
 from audit_watch.store.where import Condition, parse_where
 
 Source = Literal["jobs", "threads", "events"]
@@ -118,7 +118,7 @@ class RuleBase(BaseModel):
         return check_channel_names(value, info, "notify")
 
     @model_validator(mode="after")
-    def _every_or_schedule(self) -> "RuleBase":
+    def _every_or_schedule(self) -> RuleBase:
         if self.every is not None and self.schedule is not None:
             raise ValueError("give either every or schedule, not both")
         return self
@@ -197,7 +197,7 @@ class MetricRule(RuleBase):
         return value
 
     @model_validator(mode="after")
-    def _one_condition(self) -> "MetricRule":
+    def _one_condition(self) -> MetricRule:
         if (self.threshold is None) == (self.baseline is None):
             raise ValueError("a metric rule takes exactly one of threshold or baseline")
         return self
@@ -252,9 +252,7 @@ class AnyRule(RuleBase):
 
 
 Rule = Annotated[
-    Union[
-        ThresholdRule, RatioRule, SpikeRule, MetricRule, AbsenceRule, CronMissedRule, NewValueRule, AnyRule
-    ],
+    ThresholdRule | RatioRule | SpikeRule | MetricRule | AbsenceRule | CronMissedRule | NewValueRule | AnyRule,
     Field(discriminator="kind"),
 ]
 RULE_KINDS = ("threshold", "ratio", "spike", "metric", "absence", "cron_missed", "new_value", "any")

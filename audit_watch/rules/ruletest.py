@@ -22,15 +22,15 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from audit_watch.core.timestamps import parse_timestamp
+from audit_watch.core.yaml_source import InputError, LocatedDocument, load_yaml
 from audit_watch.rules.alert import Alert
 from audit_watch.rules.evaluate import evaluate_rule
-from audit_watch.store.rows import RowError, insert_rows
 from audit_watch.rules.loader import load_rules
 from audit_watch.rules.model import RuleBase
+from audit_watch.store.rows import RowError, insert_rows
 from audit_watch.store.schema import create_reference_tables
-from audit_watch.core.timestamps import parse_timestamp
 from audit_watch.store.source import AuditSource
-from audit_watch.core.yaml_source import InputError, LocatedDocument, load_yaml
 
 
 @dataclass

@@ -11,7 +11,7 @@ runs go to the database as one bound JSON parameter and are joined with the
 from __future__ import annotations
 
 import json
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
 
@@ -31,7 +31,7 @@ def expected_runs(schedule: str, tz_name: str, until: datetime, since: datetime,
     start = (as_utc(until).replace(microsecond=0) + timedelta(seconds=1)).astimezone(tz)
     runs: list[datetime] = []
     for moment in CronSim(schedule, start, reverse=True):
-        moment = moment.astimezone(timezone.utc)
+        moment = moment.astimezone(UTC)
         if moment < since or len(runs) >= limit:
             break
         runs.append(moment)

@@ -26,12 +26,11 @@ from typing import Any, TextIO
 
 from sqlalchemy import select
 
-from audit_watch.store.columns import NUMERIC_COLUMNS, column_problem, is_json_key, real_columns
-from audit_watch.store.where import Condition
 from audit_watch.core.timestamps import as_utc
-from audit_watch.store.source import AuditSource
 from audit_watch.core.yaml_source import InputError, Problem
-from audit_watch.store.where import where_clause
+from audit_watch.store.columns import NUMERIC_COLUMNS, column_problem, is_json_key, real_columns
+from audit_watch.store.source import AuditSource
+from audit_watch.store.where import Condition, where_clause
 
 EXPORT_TABLES = ("jobs", "threads", "events")
 EXPORT_FORMATS = ("csv", "jsonl")

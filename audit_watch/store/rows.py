@@ -15,8 +15,8 @@ from sqlalchemy import Table, insert
 from sqlalchemy.engine import Engine
 
 from audit_watch.core.durations import parse_duration
-from audit_watch.store.schema import REFERENCE_COLUMNS
 from audit_watch.core.timestamps import parse_timestamp
+from audit_watch.store.schema import REFERENCE_COLUMNS
 
 _LONG_AGO = timedelta(days=365)
 
@@ -93,7 +93,8 @@ def build_rows(table: str, rows: Iterable[Mapping[str, Any]], now: datetime, ids
     return out
 
 
-def insert_rows(engine: Engine, tables: Mapping[str, Table], data: Mapping[str, list[Mapping[str, Any]]], now: datetime) -> dict[str, int]:
+def insert_rows(engine: Engine, tables: Mapping[str, Table], data: Mapping[str, list[Mapping[str, Any]]],
+                now: datetime) -> dict[str, int]:
     """Insert ``{table: [rows]}``; returns how many rows went into each table."""
     ids = itertools.count(1)
     counts: dict[str, int] = {}
@@ -103,7 +104,8 @@ def insert_rows(engine: Engine, tables: Mapping[str, Table], data: Mapping[str, 
             if built:
                 # Every row gets every column so one executemany fits all.
                 columns = {c for row in built for c in row}
-                conn.execute(insert(tables[table]), [{c: r.get(c, _column_default(table, c)) for c in columns} for r in built])
+                rows = [{c: r.get(c, _column_default(table, c)) for c in columns} for r in built]
+                conn.execute(insert(tables[table]), rows)
             counts[table] = len(built)
     return counts
 

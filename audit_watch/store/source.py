@@ -23,7 +23,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Hashable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
 
 from sqlalchemy import (
@@ -44,10 +44,10 @@ from sqlalchemy.engine import Connection, Engine, make_url
 from sqlalchemy.pool import StaticPool
 from sqlalchemy.sql.elements import ColumnElement
 
-from audit_watch.store.settings import SourceConfig
-from audit_watch.store.schema import TIME_COLUMN, build_tables
 from audit_watch.core.timestamps import as_utc, parse_timestamp
 from audit_watch.store.columns import JSON_COLUMN, is_json_key
+from audit_watch.store.schema import TIME_COLUMN, build_tables
+from audit_watch.store.settings import SourceConfig
 
 _UNIX_EPOCH_JULIAN_DAY = 2440587.5
 
@@ -230,13 +230,13 @@ class AuditSource:
     statements: StatementCache = field(default_factory=StatementCache, repr=False, compare=False)
 
     @classmethod
-    def from_config(cls, config: SourceConfig, url: str | None = None, readonly: bool = True) -> "AuditSource":
+    def from_config(cls, config: SourceConfig, url: str | None = None, readonly: bool = True) -> AuditSource:
         engine = make_engine(url or config.url, readonly=readonly, statement_timeout=config.statement_timeout)
         tables = build_tables(config.tables, config.columns, config.db_schema)
         return cls(engine, tables)
 
     @classmethod
-    def from_url(cls, url: str, readonly: bool = True) -> "AuditSource":
+    def from_url(cls, url: str, readonly: bool = True) -> AuditSource:
         return cls.from_config(SourceConfig(url=url), readonly=readonly)
 
     @property
@@ -383,7 +383,7 @@ class AuditSource:
             return parse_timestamp(value)
         if isinstance(value, (int, float)):  # a Julian day from SQLite's time_value
             millis = round((value - _UNIX_EPOCH_JULIAN_DAY) * 86_400_000)
-            return datetime.fromtimestamp(millis / 1000, tz=timezone.utc)
+            return datetime.fromtimestamp(millis / 1000, tz=UTC)
         return as_utc(value)
 
 def _sqlite_time_text(moment: datetime) -> str:

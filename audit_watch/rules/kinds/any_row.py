@@ -13,7 +13,6 @@ from audit_watch.rules.model import AnyRule
 from audit_watch.store.source import AuditSource
 from audit_watch.store.where import where_clause
 
-
 # What an alert shows of the row. Prompts and responses are never here: they only
 # reach a message when the rule sets include_content (the renderer's decision).
 ROW_FIELDS = {

@@ -28,9 +28,8 @@ from sqlalchemy.sql.elements import ColumnElement
 
 from audit_watch.rules.alert import Finding
 from audit_watch.rules.model import Comparison, RuleBase
-from audit_watch.store.where import Condition
 from audit_watch.store.source import AuditSource, Moment
-from audit_watch.store.where import where_clause
+from audit_watch.store.where import Condition, where_clause
 
 MAX_SAMPLE_ROWS = 20
 MAX_SAMPLED_GROUPS = 200

@@ -20,9 +20,9 @@ from sqlalchemy import Select, and_, bindparam, func, select
 from sqlalchemy.sql.elements import ColumnElement
 
 from audit_watch.rules.alert import Finding
-from audit_watch.store.cron_runs import FIRED, expected_runs, fired_per_run
 from audit_watch.rules.kinds.base import EvalContext, Moments, RuleKind, sample_rows
 from audit_watch.rules.model import CronMissedRule
+from audit_watch.store.cron_runs import FIRED, expected_runs, fired_per_run
 from audit_watch.store.source import AuditSource
 from audit_watch.store.where import where_clause
 

@@ -15,10 +15,10 @@ from typing import Any
 from sqlalchemy import Float, Select, and_, case, cast, func, literal, or_, select
 from sqlalchemy.sql.elements import ColumnElement
 
+from audit_watch.core.numbers import format_number
 from audit_watch.rules.alert import Finding
 from audit_watch.rules.kinds.base import EvalContext, Moments, Prepared, RuleKind, compare, group_columns, group_of
 from audit_watch.rules.model import MetricRule
-from audit_watch.core.numbers import format_number
 from audit_watch.store.source import AuditSource
 from audit_watch.store.where import where_clause
 
@@ -132,7 +132,8 @@ class Metric(RuleKind):
         for row in ctx.execute(stmt):
             baseline = float(row.baseline) if row.baseline is not None else None
             threshold = (
-                f"> {format_number(baseline * rule.baseline.factor)}" if baseline is not None else f">= {format_number(rule.min_value)}"
+                f"> {format_number(baseline * rule.baseline.factor)}" if baseline is not None
+                else f">= {format_number(rule.min_value)}"
             )
             findings.append(
                 Finding(

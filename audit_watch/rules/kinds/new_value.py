@@ -10,7 +10,13 @@ from sqlalchemy import Select, case, func, select
 
 from audit_watch.rules.alert import Finding
 from audit_watch.rules.kinds.base import (
-    EvalContext, Moments, RuleKind, group_columns, group_of, sample_rows, window_conditions,
+    EvalContext,
+    Moments,
+    RuleKind,
+    group_columns,
+    group_of,
+    sample_rows,
+    window_conditions,
 )
 from audit_watch.rules.model import NewValueRule
 from audit_watch.store.source import AuditSource

@@ -14,7 +14,14 @@ from sqlalchemy import Float, Select, case, cast, func, select
 
 from audit_watch.rules.alert import Finding
 from audit_watch.rules.kinds.base import (
-    EvalContext, Moments, RuleKind, compare, group_columns, group_of, sample_rows, window_conditions,
+    EvalContext,
+    Moments,
+    RuleKind,
+    compare,
+    group_columns,
+    group_of,
+    sample_rows,
+    window_conditions,
 )
 from audit_watch.rules.model import RatioRule
 from audit_watch.store.source import AuditSource

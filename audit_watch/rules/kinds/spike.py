@@ -14,10 +14,10 @@ from typing import Any
 
 from sqlalchemy import Float, Select, and_, case, cast, false, func, or_, select
 
+from audit_watch.core.numbers import format_number
 from audit_watch.rules.alert import Finding
 from audit_watch.rules.kinds.base import EvalContext, Moments, RuleKind, group_columns, group_of
 from audit_watch.rules.model import SpikeRule
-from audit_watch.core.numbers import format_number
 from audit_watch.store.source import AuditSource
 from audit_watch.store.where import where_clause
 
