@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test check bench clean
+.PHONY: demo test lint check bench clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -15,8 +15,14 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(BIN)/audit-watch demo
 
-test: $(STAMP)
+test: lint $(STAMP)
 	$(BIN)/python -m pytest -q
+
+# Lint and import order, types, and the layering of the stages (see ARCHITECTURE.md).
+lint: $(STAMP)
+	$(BIN)/ruff check audit_watch tests benchmarks
+	$(BIN)/mypy
+	$(BIN)/lint-imports
 
 check: $(STAMP)
 	$(BIN)/audit-watch check
