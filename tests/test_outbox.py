@@ -3,17 +3,19 @@
 from __future__ import annotations
 
 import random
+import threading
 from collections import deque
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timedelta
 from typing import Any
 
 import pytest
-from sqlalchemy import select, text
+from sqlalchemy import select, text, update
 
 from audit_watch.alerting.outbox import DeliveryPolicy, claim, counts, enqueue, list_entries, prune, record, requeue
 from audit_watch.alerting.pipeline import deliver_due
-from audit_watch.alerting.state import StateStore, outbox
+from audit_watch.alerting.state import StateStore, clear_thread_roots, outbox, set_thread_root
 from audit_watch.channels.base import Channel, DeliveryResult, Notification
 from audit_watch.config.model import Config
 
@@ -165,24 +167,76 @@ def test_unknown_channel_is_dead_with_a_reason(state: StateStore) -> None:
     assert row.status == "dead" and "not configured" in row.last_error
 
 
-def test_prune_keeps_thread_roots_and_recent_rows(state: StateStore) -> None:
-    old = queue(state)
-    recent = queue(state, now=T0 + timedelta(days=40))
-    deliver(state, Scripted(), T0 + timedelta(days=40))
-    assert prune(state, T0 + timedelta(days=40), older_than=timedelta(days=30)) == 1
+def test_prune_deletes_old_settled_rows_and_keeps_what_a_thread_still_needs(state: StateStore) -> None:
+    """Catches prune without either of its thread protections: the root of a firing
+    alert's thread (aw_alert_thread) and a root whose reply is still waiting."""
+    now = T0 + timedelta(days=40)
+    plain = queue(state)                                   # old, delivered, nobody refers to it: deleted
+    root_of_firing = queue(state)                          # old, delivered, thread root of a firing alert
+    root_with_reply = queue(state)                         # old, delivered, its reply not yet sent
+    reply = queue(state, now=now, parent_id=root_with_reply, kind="resolved")
+    old_retrying = queue(state)                            # old but not settled: kept
+    recent = queue(state, now=now - timedelta(days=29))    # settled but recent: kept
+    channel = Scripted(DeliveryResult.delivered({"ts": "1"}), DeliveryResult.delivered({"ts": "2"}),
+                       DeliveryResult.delivered({"ts": "3"}), DeliveryResult.retry("HTTP 500"))
+    deliver(state, channel, T0)
+    with state.write() as conn:      # the retry and the reply wait beyond the prune below
+        conn.execute(update(outbox).where(outbox.c.id.in_([reply, old_retrying]))
+                     .values(next_attempt_at=now + timedelta(days=1)))
+    deliver(state, Scripted(), now - timedelta(days=29))
+    with state.write() as conn:
+        set_thread_root(conn, ["fp1"], "oncall", root_of_firing)
+    assert status_of(state, old_retrying).status == "retrying" and status_of(state, reply).status == "queued"
+    assert prune(state, now, older_than=timedelta(days=30)) == 1
     with state.read() as conn:
-        assert [r.id for r in conn.execute(select(outbox.c.id))] == [recent]
-    assert old != recent
+        left = [r.id for r in conn.execute(select(outbox.c.id).order_by(outbox.c.id))]
+    assert left == [root_of_firing, root_with_reply, reply, old_retrying, recent] and plain not in left
+    # Once the reply is settled and the thread has moved on, both old roots go too.
+    deliver(state, Scripted(), now + timedelta(days=1))
+    with state.write() as conn:
+        clear_thread_roots(conn, ["fp1"])
+    assert prune(state, now + timedelta(days=1), older_than=timedelta(days=30)) == 3   # both roots, old_retrying
+    with state.read() as conn:
+        assert [r.id for r in conn.execute(select(outbox.c.id).order_by(outbox.c.id))] == [reply, recent]
 
 
+@pytest.mark.parametrize("workers", [2, 4])
+def test_concurrent_claimers_never_take_the_same_row(state: StateStore, workers: int) -> None:
+    """Each row goes to exactly one worker (SQLite: one writer at a time; PostgreSQL:
+    FOR UPDATE SKIP LOCKED)."""
+    ids = {queue(state) for _ in range(40)}
+    policy = DeliveryPolicy(batch_size=3)
+    start = threading.Barrier(workers)
+
+    def worker() -> list[int]:
+        start.wait()
+        taken: list[int] = []
+        while batch := claim(state, T0, policy):
+            taken += [c.notification.id for c in batch]
+        return taken
+
+    with ThreadPoolExecutor(workers) as pool:
+        results = [f.result() for f in [pool.submit(worker) for _ in range(workers)]]
+    taken = [i for result in results for i in result]
+    assert sorted(taken) == sorted(ids)                     # every row once, none twice
+    assert counts(state)["sending"] == 40
+
+
+@pytest.mark.postgres
+@pytest.mark.parametrize("state_url", ["postgresql"], indirect=True)
 def test_claim_skips_rows_locked_by_another_worker(state: StateStore) -> None:
-    """PostgreSQL: FOR UPDATE SKIP LOCKED lets replicas share the outbox."""
-    if state.dialect != "postgresql":
-        pytest.skip("row locks are a PostgreSQL feature (SQLite has one writer)")
+    """PostgreSQL only: FOR UPDATE SKIP LOCKED passes over a row another transaction
+    holds (SQLite has one writer; its case is the concurrent test above)."""
     first, second = queue(state), queue(state)
     with state.engine.connect() as other:
         with other.begin():
             other.execute(text("SELECT id FROM aw_outbox WHERE id = :id FOR UPDATE"), {"id": first})
-            claimed = claim(state, T0, POLICY)
+            # In a thread: a claim that waited for the lock instead of skipping the row would
+            # wait for this very transaction; the timeout turns that hang into a failure.
+            pool = ThreadPoolExecutor(1)
+            try:
+                claimed = pool.submit(claim, state, T0, POLICY).result(timeout=10)
+            finally:
+                pool.shutdown(wait=False)
             assert [c.notification.id for c in claimed] == [second]
     assert [c.notification.id for c in claim(state, T0, POLICY)] == [first]
