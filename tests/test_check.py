@@ -70,7 +70,7 @@ CASES = [
     ("spike factor 0", {"rules/r.yaml": "name: r\nkind: spike\nwindow: 1h\nfactor: 0\n"}, "r.yaml:4: factor", "at least 1"),
     ("missing env var", {"audit-watch.yaml": CONFIG.replace("AW_TEST_TOKEN", "AW_TEST_MISSING")},
      "audit-watch.yaml:5: channels.oncall.token", "${AW_TEST_MISSING} is not set"),
-    ("template syntax", {"templates/alerts/kinds/spike.j2": "hello\n{% if x %}\n{{ y }\n"}, "spike.j2:3: template", ""),
+    ("template syntax", {"templates/alerts/kinds/spike.j2": "hello\n{% if x %}\n{{ y }\n"}, "spike.j2:3: template", "unexpected '}'"),
     ("template unknown filter", {"templates/alerts/default.slack.j2": "{{ alert.rule | shout }}\n"}, "default.slack.j2:1: template", "shout"),
     ("empty file", {"rules/r.yaml": ""}, "r.yaml:1", "empty file"),
     ("file that is a list", {"rules/r.yaml": "- name: r\n  kind: any\n"}, "r.yaml:1", "not a bare list"),
@@ -117,13 +117,22 @@ def test_check_never_prints_a_secret(tmp_path: Path) -> None:
 
 
 def test_env_value_cannot_inject_yaml(tmp_path: Path) -> None:
-    """${VAR} is replaced after parsing: a value with YAML syntax stays a string."""
+    """${VAR} is replaced after parsing: a value with YAML syntax stays one string.
+
+    Replaced in the raw text instead, this value would close the quotes and the flow
+    mapping, and add a channel of its own (or break the file): caught by the exact
+    value and the channel names below."""
+    from audit_watch.config.model import load_config
+
+    injected = '#ops"}\n  extra: {type: file, path: "/tmp/injected'
     config = CONFIG.replace('channel: "#ops"', 'channel: "${AW_TEST_CHANNEL}"')
     code, output = _run_check(
-        tmp_path, {"audit-watch.yaml": config, "rules/r.yaml": GOOD_RULE},
-        env={"AW_TEST_CHANNEL": "#ops}\nextra: {type: file"},
+        tmp_path, {"audit-watch.yaml": config, "rules/r.yaml": GOOD_RULE}, env={"AW_TEST_CHANNEL": injected},
     )
-    assert code == 0, output
+    assert code == 0 and "ok: 1 rules, 2 channels" in output, output
+    loaded = load_config(tmp_path / "audit-watch.yaml", {"AW_TEST_TOKEN": "x", "AW_TEST_CHANNEL": injected})
+    assert sorted(loaded.channels) == ["archive", "oncall"]
+    assert loaded.channels["oncall"].channel == injected
 
 
 def test_check_as_a_real_process_exits_1_without_traceback(tmp_path: Path) -> None:

@@ -41,7 +41,12 @@ def rows(insert: Any) -> None:
             {"id": "e2", "at": "-4m", "event_type": "provider.error", "severity": "error",
              "metadata": {"provider": "openai", "status": 429}},
         ],
-        "threads": [{"id": "t1", "at": "-20m", "name": "=SUM(A1)", "source": "slack"}],
+        "threads": [
+            # Active in the range though created before it: in (a thread's time is its last activity).
+            {"id": "t1", "at": "-20m", "created_at": "-3d", "name": "=SUM(A1)", "source": "slack"},
+            # Created in the range, last active after it: out.
+            {"id": "t2", "at": "+10m", "created_at": "-30m", "name": "later", "source": "slack"},
+        ],
     })
 
 
@@ -83,7 +88,9 @@ def test_jsonl_keeps_metadata_structured_and_filters_on_its_keys(store: Any, row
 def test_threads_use_last_activity_and_content_only_when_asked(store: Any, rows: None, tmp_path: Path) -> None:
     target = tmp_path / "out" / "threads.csv"
     assert export_rows(store, "threads", {"source": "slack"}, HOUR_AGO, NOW, "csv", target) == 1
-    assert _csv(target.read_text())[0]["name"] == "=SUM(A1)"
+    [thread] = _csv(target.read_text())
+    assert (thread["id"], thread["name"]) == ("t1", "=SUM(A1)")
+    assert (thread["created_at"], thread["last_activity_at"]) == ("2026-11-17T12:00:00Z", "2026-11-20T11:40:00Z")
     out = io.StringIO()
     export_rows(store, "jobs", ["id=j1"], HOUR_AGO, NOW, "jsonl", out, include_content=True)
     assert json.loads(out.getvalue())["prompt"] == "PRIVATE"

@@ -317,4 +317,9 @@ def test_reports_written_as_files(seeded: Any, daniel: Any, tmp_path: Path) -> N
     from audit_watch.reports import write_report
 
     written = write_report(daniel, "html", tmp_path / "pack/")
-    assert sorted(p.suffix for p in written) == [".csv", ".html", ".txt"]
+    by_suffix = {p.suffix: p for p in written}
+    assert sorted(by_suffix) == [".csv", ".html", ".txt"] and all(p.parent == tmp_path / "pack" for p in written)
+    # Each file holds its medium of this very report, not just something.
+    assert by_suffix[".html"].read_text() == daniel.html
+    assert by_suffix[".txt"].read_text() == daniel.text
+    assert by_suffix[".csv"].read_bytes() == daniel.evidence.data

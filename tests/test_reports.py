@@ -276,9 +276,21 @@ def test_scope_errors_are_input_errors(hostile: Any) -> None:
 
 
 def test_every_report_renders_on_an_empty_store(store: Any) -> None:
-    for name in ("weekly-digest", "token-usage", "triage"):
+    # Each says, in every medium, that the period is empty (not an error, not someone else's data).
+    says = {
+        "weekly-digest": (("0 jobs (no change), of which 0 failed.", "No job failed.", "No enabled crons."),
+                          ("0 jobs (no change) · 0 failed (no change) · 0 threads · 0 tokens",)),
+        "token-usage": (("0 tokens (no change against the period before): 0 in, 0 out, over 0 jobs of 0 agents.",
+                         "No agent is out of line with its own history"),
+                        ("0 tokens (no change) · 0 jobs · 0 agents", "No agent is out of line")),
+        "triage": (("0 jobs (0 failed), 0 threads, 0 events (0 errors, 0 warnings)", "Nothing stands out from the usual."),
+                   ("0 jobs (0 failed) · 0 threads · 0 events (0 errors)", "Nothing stands out from the usual.")),
+    }
+    for name, (documents, chat) in says.items():
         result = run_report(name, store, Config(), now=NOW)
-        assert result.text and result.html and result.markdown and result.slack
+        for medium in (result.text, result.html, result.markdown):
+            assert all(phrase in medium for phrase in documents), (name, medium[:400])
+        assert all(phrase in result.slack for phrase in chat), (name, result.slack)
     with pytest.raises(InputError, match="no team"):
         run_report("compliance", store, Config(), now=NOW, team="Nobody")
 
@@ -315,7 +327,10 @@ def test_email_message_embeds_the_charts_by_content_id(hostile: Any) -> None:
 def test_charts_are_small_deterministic_pngs() -> None:
     first = daily_jobs_png(["Nov 14", "Nov 15"], [10, 12], [1, 0])
     assert first.startswith(b"\x89PNG") and first == daily_jobs_png(["Nov 14", "Nov 15"], [10, 12], [1, 0])
-    assert tokens_by_agent_png(["$a$ bot"], [100], [10]).startswith(b"\x89PNG")
+    assert len(first) < 60_000
+    assert daily_jobs_png(["Nov 14", "Nov 15"], [10, 30], [1, 0]) != first       # the data is drawn
+    tokens = tokens_by_agent_png(["$a$ bot"], [100], [10])
+    assert tokens.startswith(b"\x89PNG") and tokens != tokens_by_agent_png(["$a$ bot"], [900], [10])
 
 
 def test_cron_health_counts_expected_fired_missed_and_pending(store: Any, insert: Any) -> None:
