@@ -34,6 +34,11 @@ _CLEAR_ORDER = ("memberships", "events", "jobs", "threads", "crons", "agents", "
 
 
 def pytest_terminal_summary(terminalreporter: Any) -> None:
+    from smtp_server import SKIPPED_TLS
+
+    if SKIPPED_TLS:
+        terminalreporter.write_sep("!", "THE TLS TESTS WERE SKIPPED", red=True, bold=True)
+        terminalreporter.write_line(SKIPPED_TLS[0] + "; with CI set it is installed or the tests fail.", red=True)
     if SKIPPED:
         terminalreporter.write_sep("!", "THE POSTGRESQL HALF OF THE TESTS WAS SKIPPED", red=True, bold=True)
         terminalreporter.write_line(SKIPPED[0], red=True)

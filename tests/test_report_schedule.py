@@ -24,6 +24,7 @@ from test_daemon import (
     Deployment,
     context,
     deployment,
+    frozen,
     http_get,
     live,
     postgres_pair,
@@ -163,17 +164,15 @@ def _add_report(config_path: Path, body: dict[str, Any]) -> None:
     config_path.write_text(json.dumps(config))
 
 
-def test_the_daemon_sends_a_report_missed_during_downtime_once(deployment: Path) -> None:
-    now = datetime.now(UTC)
-    hour_ago = (now - timedelta(hours=1)).astimezone(BERLIN)
+def test_the_daemon_sends_a_report_missed_during_downtime_once(deployment: Path, frozen: Any) -> None:
+    now = T0 + timedelta(minutes=20)                   # 13:20 in Berlin
     _add_report(deployment, {"name": "hourly-triage", "report": "triage", "period": "1h", "channels": ["archive"],
-                             "schedule": f"{hour_ago.minute} * * * *", "timezone": "Europe/Berlin"})
+                             "schedule": "5 * * * *", "timezone": "Europe/Berlin"})
     _add_report(deployment, {"name": "too-late", "report": "triage", "period": "1h", "channels": ["archive"],
-                             "schedule": f"{hour_ago.minute} {hour_ago.hour} * * *", "timezone": "Europe/Berlin",
-                             "catch_up": "30m"})
+                             "schedule": "5 12 * * *", "timezone": "Europe/Berlin", "catch_up": "30m"})
     state_url_ = json.loads(deployment.read_text())["state"]["url"]
     for attempt in range(2):          # a start, then a restart: the tick is claimed already
-        daemon = Daemon(str(deployment), None)
+        daemon = frozen(deployment, now + timedelta(minutes=attempt))
         assert daemon.start() is None
         assert sorted(daemon.runtime.reports) == ["hourly-triage", "too-late"]
         daemon.report_one_offs.shutdown(wait=True)
@@ -183,12 +182,12 @@ def test_the_daemon_sends_a_report_missed_during_downtime_once(deployment: Path)
         state = StateStore.open(state_url_)
         try:
             runs = ledger.history(state, ledger.report_job("hourly-triage"))
-            assert ledger.history(state, ledger.report_job("too-late")) == [], "an hour late is past its catch_up"
+            assert ledger.history(state, ledger.report_job("too-late")) == [], "75 minutes late is past its catch_up"
             assert len(report_rows(state)) == 1, attempt
         finally:
             state.close()
-        tick = latest_tick(daemon.runtime.report_triggers["hourly-triage"], daemon.clock())
-        assert [(r.status, r.scheduled_for) for r in runs] == [("ok", tick)], attempt
+        # 13:05 Berlin, the latest tick of "5 * * * *" there.
+        assert [(r.status, r.scheduled_for) for r in runs] == [("ok", T0 + timedelta(minutes=5))], attempt
 
 
 @pytest.mark.postgres
