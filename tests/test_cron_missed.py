@@ -19,42 +19,38 @@ def utc(*args):
 
 # --- expected_runs against hand-computed UTC instants -------------------------------------------
 
-def test_expected_runs_berlin_nine_oclock_moves_from_07_to_08_utc_when_summer_time_ends():
+# (schedule, time zone, until, since, the expected runs, newest first)
+EXPECTED_RUNS = {
     # CEST (UTC+2) until 2026-10-25 03:00 local, then CET (UTC+1)
-    runs = expected_runs("0 9 * * *", "Europe/Berlin", until=utc(2026, 10, 27, 12), since=utc(2026, 10, 22), limit=10)
-    assert runs == [
-        utc(2026, 10, 27, 8), utc(2026, 10, 26, 8), utc(2026, 10, 25, 8),
-        utc(2026, 10, 24, 7), utc(2026, 10, 23, 7), utc(2026, 10, 22, 7),
-    ]
-
-
-def test_expected_runs_new_york_nine_oclock_moves_from_13_to_14_utc_when_daylight_time_ends():
+    "berlin 09:00 moves from 07 to 08 UTC when summer time ends": (
+        "0 9 * * *", "Europe/Berlin", utc(2026, 10, 27, 12), utc(2026, 10, 22),
+        [utc(2026, 10, 27, 8), utc(2026, 10, 26, 8), utc(2026, 10, 25, 8),
+         utc(2026, 10, 24, 7), utc(2026, 10, 23, 7), utc(2026, 10, 22, 7)]),
     # EDT (UTC-4) until 2026-11-01 02:00 local, then EST (UTC-5)
-    runs = expected_runs("0 9 * * *", "America/New_York", until=utc(2026, 11, 2, 23), since=utc(2026, 10, 31), limit=10)
-    assert runs == [utc(2026, 11, 2, 14), utc(2026, 11, 1, 14), utc(2026, 10, 31, 13)]
-
-
-def test_expected_runs_new_york_0130_runs_once_on_the_fall_back_day():
+    "new york 09:00 moves from 13 to 14 UTC when daylight time ends": (
+        "0 9 * * *", "America/New_York", utc(2026, 11, 2, 23), utc(2026, 10, 31),
+        [utc(2026, 11, 2, 14), utc(2026, 11, 1, 14), utc(2026, 10, 31, 13)]),
     # 01:30 happens twice on 2026-11-01 (05:30 UTC in EDT, 06:30 UTC in EST): one run, the first
-    runs = expected_runs("30 1 * * *", "America/New_York", until=utc(2026, 11, 2, 12), since=utc(2026, 10, 31), limit=10)
-    assert runs == [utc(2026, 11, 2, 6, 30), utc(2026, 11, 1, 5, 30), utc(2026, 10, 31, 5, 30)]
-
-
-def test_expected_runs_berlin_0230_runs_once_on_the_fall_back_day():
+    "new york 01:30 runs once on the fall-back day": (
+        "30 1 * * *", "America/New_York", utc(2026, 11, 2, 12), utc(2026, 10, 31),
+        [utc(2026, 11, 2, 6, 30), utc(2026, 11, 1, 5, 30), utc(2026, 10, 31, 5, 30)]),
     # 02:30 happens twice on 2026-10-25 (00:30 UTC in CEST, 01:30 UTC in CET)
-    runs = expected_runs("30 2 * * *", "Europe/Berlin", until=utc(2026, 10, 26, 12), since=utc(2026, 10, 24), limit=10)
-    assert runs == [utc(2026, 10, 26, 1, 30), utc(2026, 10, 25, 0, 30), utc(2026, 10, 24, 0, 30)]
-
-
-def test_expected_runs_hourly_cron_runs_in_both_copies_of_the_repeated_hour():
-    runs = expected_runs("0 * * * *", "America/New_York", until=utc(2026, 11, 1, 7), since=utc(2026, 11, 1, 4), limit=10)
-    assert runs == [utc(2026, 11, 1, 7), utc(2026, 11, 1, 6), utc(2026, 11, 1, 5), utc(2026, 11, 1, 4)]
-
-
-def test_expected_runs_in_the_skipped_spring_hour_run_right_after_the_gap():
+    "berlin 02:30 runs once on the fall-back day": (
+        "30 2 * * *", "Europe/Berlin", utc(2026, 10, 26, 12), utc(2026, 10, 24),
+        [utc(2026, 10, 26, 1, 30), utc(2026, 10, 25, 0, 30), utc(2026, 10, 24, 0, 30)]),
+    "an hourly cron runs in both copies of the repeated hour": (
+        "0 * * * *", "America/New_York", utc(2026, 11, 1, 7), utc(2026, 11, 1, 4),
+        [utc(2026, 11, 1, 7), utc(2026, 11, 1, 6), utc(2026, 11, 1, 5), utc(2026, 11, 1, 4)]),
     # 2026-03-29 02:30 does not exist in Berlin: the run happens at 03:00 CEST = 01:00 UTC
-    runs = expected_runs("30 2 * * *", "Europe/Berlin", until=utc(2026, 3, 30, 12), since=utc(2026, 3, 28), limit=10)
-    assert runs == [utc(2026, 3, 30, 0, 30), utc(2026, 3, 29, 1), utc(2026, 3, 28, 1, 30)]
+    "a run in the skipped spring hour happens right after the gap": (
+        "30 2 * * *", "Europe/Berlin", utc(2026, 3, 30, 12), utc(2026, 3, 28),
+        [utc(2026, 3, 30, 0, 30), utc(2026, 3, 29, 1), utc(2026, 3, 28, 1, 30)]),
+}
+
+
+@pytest.mark.parametrize("schedule, zone, until, since, expected", EXPECTED_RUNS.values(), ids=EXPECTED_RUNS.keys())
+def test_expected_runs_across_dst(schedule, zone, until, since, expected):
+    assert expected_runs(schedule, zone, until=until, since=since, limit=10) == expected
 
 
 def test_expected_runs_include_both_bounds_and_respect_the_limit():
@@ -187,31 +183,26 @@ def test_cron_where_filters_crons(insert, evaluate, where, expected):
     assert set(values(evaluate({**RULE, "where": where}))) == expected
 
 
-def test_cron_in_berlin_after_dst_end_expects_08_utc(insert, evaluate):
-    now = utc(2026, 10, 26, 12)
-    insert({"crons": [cron(timezone="Europe/Berlin")], "events": [
-        fired("2026-10-25T08:02:00Z"), fired("2026-10-26T08:02:00Z"),
-    ]}, now=now)
-    assert evaluate(RULE, now=now) == []
+# (schedule, time zone, now, cron.fired times, the missed runs expected)
+DST_CASES = {
+    "berlin after dst end expects 08 utc": (
+        "0 9 * * *", "Europe/Berlin", utc(2026, 10, 26, 12), ["2026-10-25T08:02:00Z", "2026-10-26T08:02:00Z"], []),
+    "berlin firing at the summer offset after dst end is missed": (
+        "0 9 * * *", "Europe/Berlin", utc(2026, 10, 26, 12),
+        ["2026-10-24T07:02:00Z",                              # on time (CEST)
+         "2026-10-25T07:02:00Z", "2026-10-26T07:02:00Z"],      # an hour early (CET)
+        ["2026-10-26T08:00:00+00:00", "2026-10-25T08:00:00+00:00"]),
+    "new york on the fall-back day is satisfied by one fire": (
+        "30 1 * * *", "America/New_York", utc(2026, 11, 1, 12), ["2026-10-31T05:31:00Z", "2026-11-01T05:31:00Z"], []),
+}
 
 
-def test_cron_in_berlin_firing_at_the_summer_time_offset_after_dst_end_is_missed(insert, evaluate):
-    now = utc(2026, 10, 26, 12)
-    insert({"crons": [cron(timezone="Europe/Berlin")], "events": [
-        fired("2026-10-24T07:02:00Z"),                                 # on time (CEST)
-        fired("2026-10-25T07:02:00Z"), fired("2026-10-26T07:02:00Z"),  # an hour early (CET)
-    ]}, now=now)
+@pytest.mark.parametrize("schedule, zone, now, fires, missed", DST_CASES.values(), ids=DST_CASES.keys())
+def test_cron_across_dst(insert, evaluate, schedule, zone, now, fires, missed):
+    insert({"crons": [cron(schedule=schedule, timezone=zone)], "events": [fired(at) for at in fires]}, now=now)
     alerts = evaluate(RULE, now=now)
-    assert values(alerts) == {"c1": 2}
-    assert alerts[0].details["missed_runs"] == ["2026-10-26T08:00:00+00:00", "2026-10-25T08:00:00+00:00"]
-
-
-def test_cron_in_new_york_on_the_fall_back_day_is_satisfied_by_one_fire(insert, evaluate):
-    now = utc(2026, 11, 1, 12)
-    insert({"crons": [cron(schedule="30 1 * * *", timezone="America/New_York")], "events": [
-        fired("2026-10-31T05:31:00Z"), fired("2026-11-01T05:31:00Z"),
-    ]}, now=now)
-    assert evaluate(RULE, now=now) == []
+    assert values(alerts) == ({"c1": len(missed)} if missed else {})
+    assert [a.details["missed_runs"] for a in alerts] == ([missed] if missed else [])
 
 
 @pytest.mark.parametrize("store", ["sqlite"], indirect=True)  # offset text is a SQLite matter
