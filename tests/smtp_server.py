@@ -16,6 +16,7 @@ import shutil
 import socket
 import ssl
 import subprocess
+import threading
 from dataclasses import dataclass
 from email.message import EmailMessage
 from pathlib import Path
@@ -142,3 +143,62 @@ class SmtpServer:
 
     def __exit__(self, *_exc: Any) -> None:
         self.stop()
+
+
+class StallingServer:
+    """A mail server on 127.0.0.1 that accepts connections and then stops answering:
+    ``stall="greeting"`` never says hello; ``stall="data"`` talks up to the end of the
+    message, then never confirms it. Connections stay open until it stops."""
+
+    def __init__(self, stall: str = "greeting", port: int | None = None) -> None:
+        self.stall = stall
+        self.port = port or free_port()
+        self.accepted = 0
+        self._stop = threading.Event()
+        self._sockets: list[socket.socket] = []
+        self._listener = socket.create_server(("127.0.0.1", self.port))
+        self._listener.settimeout(0.1)
+        self._thread = threading.Thread(target=self._serve, daemon=True)
+
+    def _serve(self) -> None:
+        while not self._stop.is_set():
+            try:
+                conn, _ = self._listener.accept()
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            self.accepted += 1
+            self._sockets.append(conn)
+            if self.stall == "data":
+                threading.Thread(target=self._talk_until_data, args=(conn,), daemon=True).start()
+
+    def _talk_until_data(self, conn: socket.socket) -> None:
+        try:
+            conn.sendall(b"220 127.0.0.1 ESMTP\r\n")
+            reader = conn.makefile("rb")
+            for line in reader:
+                command = line[:4].upper()
+                if command in (b"EHLO", b"HELO", b"MAIL", b"RCPT", b"RSET", b"NOOP"):
+                    conn.sendall(b"250 OK\r\n")
+                elif command == b"DATA":
+                    conn.sendall(b"354 End data with <CR><LF>.<CR><LF>\r\n")
+                    for body_line in reader:
+                        if body_line == b".\r\n":
+                            self._stop.wait()      # the message is in; the answer never comes
+                            return
+                elif command == b"QUIT":
+                    conn.sendall(b"221 Bye\r\n")
+                    return
+        except OSError:
+            return
+
+    def __enter__(self) -> StallingServer:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_exc: Any) -> None:
+        self._stop.set()
+        self._thread.join(5)
+        for conn in [*self._sockets, self._listener]:
+            conn.close()

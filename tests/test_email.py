@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import json
+import os
 import random
 import ssl
+import subprocess
+import sys
+import time
 from collections.abc import Iterator
 from datetime import datetime, timedelta
 from typing import Any
@@ -15,7 +20,7 @@ from audit_watch.alerting.pipeline import DeliverySummary, deliver_due, process
 from audit_watch.alerting.state import StateStore
 from audit_watch.config.model import Config
 
-from smtp_server import SmtpServer, free_port, self_signed
+from smtp_server import SmtpServer, StallingServer, free_port, self_signed
 from test_render import EVIL_ERROR, EVIL_NAME
 from test_state import T0, evaluation, make_alert, make_rule, state, state_url
 
@@ -106,6 +111,50 @@ def test_smtp_down_for_one_run_then_delivered_once(state: StateStore) -> None:
         assert deliver(config, state, T0 + timedelta(minutes=5)).delivered == 1
         assert deliver(config, state, T0 + timedelta(hours=5)).attempted == 0
     assert len(smtp.received) == 1
+
+
+@pytest.mark.timeout(60)      # a send without a socket timeout would hang here: fail instead
+@pytest.mark.parametrize("stall", ["greeting", "data"])
+def test_a_server_that_accepts_and_then_hangs_times_out_and_is_retried(state: StateStore, stall: str) -> None:
+    # Real time by nature: the channel's `timeout` is a socket timeout. 1 s here.
+    with StallingServer(stall) as hung:
+        config = mail_config(hung.port, timeout="1s")
+        fire(config, state)
+        started = time.monotonic()
+        summary = deliver(config, state, T0)
+        took = time.monotonic() - started
+        assert hung.accepted == 1
+    [outcome] = summary.outcomes
+    assert outcome.status == "retrying" and "timed out" in (outcome.error or ""), outcome
+    assert took < 30, took        # one timeout (or two: the reply to DATA, then QUIT), not forever
+    with SmtpServer(hung.port) as smtp:                                   # the server is back
+        assert deliver(config, state, T0 + timedelta(seconds=5)).attempted == 0     # backing off
+        assert deliver(config, state, T0 + timedelta(minutes=5)).delivered == 1
+    assert len(smtp.received) == 1
+
+
+def test_run_once_does_not_hang_on_a_mail_server_that_says_nothing(state: StateStore, tmp_path: Any) -> None:
+    """`audit-watch run --once` as a process: it ends, says the notification is retrying, exit 0."""
+    from audit_watch.store.rows import insert_rows
+    from audit_watch.store.schema import create_reference_tables
+    from audit_watch.store.source import AuditSource
+
+    src = AuditSource.from_url(f"sqlite:///{tmp_path / 'audit.db'}", readonly=False)
+    create_reference_tables(src.engine, src.tables)
+    insert_rows(src.engine, src.tables, {"jobs": [{"at": "-1m", "status": "failed", "count": 3}]}, T0)
+    src.engine.dispose()
+    (tmp_path / "rules").mkdir()
+    (tmp_path / "rules" / "r.yaml").write_text('{"name": "failed-jobs", "kind": "threshold", "where": {"status": "failed"},'
+                                              ' "window": "15m", "threshold": {"op": ">=", "value": 2}, "notify": ["mail"]}')
+    with StallingServer("greeting") as hung:
+        channel = mail_config(hung.port, timeout="1s").channels["mail"].model_dump(by_alias=True, mode="json")
+        (tmp_path / "audit-watch.yaml").write_text(json.dumps({
+            "source": {"url": "sqlite:///audit.db"}, "state": {"url": "sqlite:///state.db"}, "rules": ["rules/"],
+            "channels": {"mail": channel}, "daemon": {"listen": None, "freshness": {"enabled": False}}}))
+        done = subprocess.run([sys.executable, "-m", "audit_watch", "run", "--once", "--now", "2026-11-20T12:00:00Z"],
+                              cwd=tmp_path, capture_output=True, text=True, timeout=120, env=dict(os.environ))
+    assert done.returncode == 0, done.stderr
+    assert "1 notifications queued; delivered 0, retrying 1, dead 0" in done.stdout, done.stdout
 
 
 def test_one_connection_per_batch(smtp: SmtpServer, state: StateStore) -> None:
