@@ -99,7 +99,7 @@ def _evaluate(rule: RuleBase, src: AuditSource, now: datetime, links: LinksConfi
                 if key in NAME_TABLES and (NAME_TABLES[key], str(row[key])) in names
             }
         filters = condition_filters(rule.where) if tab == rule.source else []
-        filters += [(key, value) for key, value in _link_group(rule, finding).items() if value is not None]
+        filters += [(key, value) for key, value in kind.link_filters(rule, finding).items() if value is not None]
         alerts.append(
             Alert(
                 rule=rule.name,
@@ -122,12 +122,6 @@ def _evaluate(rule: RuleBase, src: AuditSource, now: datetime, links: LinksConfi
             )
         )
     return alerts
-
-
-def _link_group(rule: RuleBase, finding: Finding) -> dict[str, Any]:
-    if rule.kind == "cron_missed":
-        return {"event_type": "cron.fired", "metadata.cron_id": finding.group["cron_id"]}
-    return {k: v for k, v in finding.group.items() if not (rule.kind == "any" and k == "id")}
 
 
 def resolve_names(src: AuditSource, conn: Connection, findings: list[Finding]) -> dict[tuple[str, str], str]:

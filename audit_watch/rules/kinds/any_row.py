@@ -57,6 +57,10 @@ class AnyRow(RuleKind):
             findings[-1].details["truncated"] = True
         return findings
 
+    def link_filters(self, rule: AnyRule, finding: Finding) -> dict[str, Any]:
+        # The row's id is in its group (one alert per row) and has its own link.
+        return {key: value for key, value in finding.group.items() if key != "id"}
+
     def statement(self, rule: AnyRule, src: AuditSource, moments: Moments) -> Select[Any]:
         table = src.table(rule.source)
         time = src.time_column(rule.source)

@@ -178,13 +178,25 @@ def sample_rows(
 
 
 class RuleKind(ABC):
-    """One kind of rule: compute findings in SQL, then sample their rows."""
+    """One kind of rule: compute findings in SQL, then sample their rows; and what
+    else the kind implies (for holding it on a silent store, for its links)."""
 
     name: str
 
     @abstractmethod
     def find(self, rule: Any, ctx: EvalContext) -> list[Finding]:
         """The groups that fire at ``ctx.now``, with their values."""
+
+    def fires_on_silence(self, rule: Any) -> bool:
+        """Would ``rule`` fire merely because no rows arrive? The daemon holds such
+        rules while the audit store is silent (one "store silent" alert instead).
+        By default no: the kind fires on rows that are there."""
+        return False
+
+    def link_filters(self, rule: Any, finding: Finding) -> dict[str, Any]:
+        """What the finding's "open in Audit Logs" list filters on, beside the rule's
+        ``where``: by default its group."""
+        return dict(finding.group)
 
     def sample_range(self, rule: Any, now: datetime) -> tuple[datetime, datetime]:
         """Where the evidence rows of a finding lie (by default: the window)."""

@@ -10,23 +10,19 @@ parameter of :func:`~audit_watch.store.cron_runs.runs_table`) change with ``now`
 
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from cronsim import CronSimError
 from sqlalchemy import Select, and_, bindparam, func, select
 from sqlalchemy.sql.elements import ColumnElement
 
 from audit_watch.rules.alert import Finding
 from audit_watch.rules.kinds.base import EvalContext, Moments, RuleKind, sample_rows
 from audit_watch.rules.model import CronMissedRule
-from audit_watch.store.cron_runs import FIRED, expected_runs, fired_per_run
+from audit_watch.store.cron_runs import FIRED, fired_per_run, runs_or_skip
 from audit_watch.store.source import AuditSource
 from audit_watch.store.where import where_clause
-
-log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -41,6 +37,13 @@ class CronRow:
 
 class CronMissed(RuleKind):
     name = "cron_missed"
+
+    def fires_on_silence(self, rule: CronMissedRule) -> bool:
+        return True                             # no cron.fired events arrive either
+
+    def link_filters(self, rule: CronMissedRule, finding: Finding) -> dict[str, Any]:
+        """The cron's ``cron.fired`` events (the rule's ``where`` filters crons, not events)."""
+        return {"event_type": FIRED, "metadata.cron_id": finding.group["cron_id"]}
 
     def find(self, rule: CronMissedRule, ctx: EvalContext) -> list[Finding]:
         due_by = ctx.now - rule.grace
@@ -96,12 +99,7 @@ class CronMissed(RuleKind):
         ).where(crons.c.enabled.is_(True), where_clause(src, "crons", rule.where)).order_by(crons.c.id)
 
     def _runs(self, cron: CronRow, due_by: datetime, limit: int) -> list[datetime]:
-        try:
-            return expected_runs(cron.schedule, cron.timezone or "UTC", due_by, cron.created_at, limit)
-        except (CronSimError, ValueError, KeyError) as exc:
-            log.warning("cron %s (%s) has an unusable schedule %r / time zone %r: %s",
-                        cron.id, cron.name, cron.schedule, cron.timezone, exc)
-            return []
+        return runs_or_skip(cron.id, cron.schedule, cron.timezone, due_by, cron.created_at, limit)
 
     def _fired_counts(
         self, ctx: EvalContext, rule: CronMissedRule, runs: dict[str, list[datetime]]
