@@ -20,7 +20,7 @@ from sqlalchemy.engine import Connection
 from audit_watch.config.model import LinksConfig
 from audit_watch.rules.alert import Alert, Finding
 from audit_watch.rules.kinds import KINDS, EvalContext
-from audit_watch.rules.links import condition_filters, list_link, row_link
+from audit_watch.rules.links import list_link, row_link
 from audit_watch.rules.model import RuleBase
 from audit_watch.store.source import AuditSource
 
@@ -98,8 +98,7 @@ def _evaluate(rule: RuleBase, src: AuditSource, now: datetime, links: LinksConfi
                 for key in row
                 if key in NAME_TABLES and (NAME_TABLES[key], str(row[key])) in names
             }
-        filters = condition_filters(rule.where) if tab == rule.source else []
-        filters += [(key, value) for key, value in kind.link_filters(rule, finding).items() if value is not None]
+        filters = kind.link_filters(rule, finding)
         alerts.append(
             Alert(
                 rule=rule.name,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from typing import Any
 
 from sqlalchemy import Select, select
@@ -57,9 +58,10 @@ class AnyRow(RuleKind):
             findings[-1].details["truncated"] = True
         return findings
 
-    def link_filters(self, rule: AnyRule, finding: Finding) -> dict[str, Any]:
+    def link_filters(self, rule: AnyRule, finding: Finding) -> list[tuple[str, Any]]:
         # The row's id is in its group (one alert per row) and has its own link.
-        return {key: value for key, value in finding.group.items() if key != "id"}
+        group = {key: value for key, value in finding.group.items() if key != "id"}
+        return super().link_filters(rule, replace(finding, group=group))
 
     def statement(self, rule: AnyRule, src: AuditSource, moments: Moments) -> Select[Any]:
         table = src.table(rule.source)

@@ -27,6 +27,7 @@ from sqlalchemy.sql import Executable
 from sqlalchemy.sql.elements import ColumnElement
 
 from audit_watch.rules.alert import Finding
+from audit_watch.rules.links import condition_filters
 from audit_watch.rules.model import Comparison, RuleBase
 from audit_watch.store.source import AuditSource, Moment
 from audit_watch.store.where import Condition, where_clause
@@ -193,10 +194,12 @@ class RuleKind(ABC):
         By default no: the kind fires on rows that are there."""
         return False
 
-    def link_filters(self, rule: Any, finding: Finding) -> dict[str, Any]:
-        """What the finding's "open in Audit Logs" list filters on, beside the rule's
-        ``where``: by default its group."""
-        return dict(finding.group)
+    def link_filters(self, rule: Any, finding: Finding) -> list[tuple[str, Any]]:
+        """What the finding's "open in Audit Logs" list filters on: by default the
+        rule's ``where`` (its filters the list can express), when the rows listed are
+        the rule's own, and the group's values."""
+        where = condition_filters(rule.where) if (finding.row_source or rule.source) == rule.source else []
+        return where + [(key, value) for key, value in finding.group.items() if value is not None]
 
     def sample_range(self, rule: Any, now: datetime) -> tuple[datetime, datetime]:
         """Where the evidence rows of a finding lie (by default: the window)."""

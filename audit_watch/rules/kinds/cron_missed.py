@@ -41,9 +41,9 @@ class CronMissed(RuleKind):
     def fires_on_silence(self, rule: CronMissedRule) -> bool:
         return True                             # no cron.fired events arrive either
 
-    def link_filters(self, rule: CronMissedRule, finding: Finding) -> dict[str, Any]:
+    def link_filters(self, rule: CronMissedRule, finding: Finding) -> list[tuple[str, Any]]:
         """The cron's ``cron.fired`` events (the rule's ``where`` filters crons, not events)."""
-        return {"event_type": FIRED, "metadata.cron_id": finding.group["cron_id"]}
+        return [("event_type", FIRED), ("metadata.cron_id", finding.group["cron_id"])]
 
     def find(self, rule: CronMissedRule, ctx: EvalContext) -> list[Finding]:
         due_by = ctx.now - rule.grace
