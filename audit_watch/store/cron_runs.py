@@ -57,8 +57,7 @@ def runs_or_skip(cron_id: str, schedule: str, tz_name: str | None, until: dateti
             first = key not in _skipped
             _skipped.add(key)
         log.log(logging.WARNING if first else logging.DEBUG,
-                "cron %s skipped: its schedule %r (time zone %r) cannot be read: %s", cron_id, schedule,
-                tz_name, exc)
+                "cron %s (schedule %r, time zone %r) is not checked: %s", cron_id, schedule, tz_name, exc)
         return []
 
 
