@@ -11,9 +11,9 @@ state share the work.
 Signal handlers only set events; reloading and stopping happen in the main loop.
 A reload that finds a problem in the config or in any rule or report file is
 refused as a whole (every problem logged as ``file:line: field: message``) and the running
-configuration stays; so does one that fails in any other way (logged with its
-traceback): the daemon never stops because of a reload. SIGTERM stops the scheduling, waits up to 8 s for the runs
-in flight, and exits 0.
+configuration stays; so does one that fails in any other way (logged with its traceback):
+the daemon never stops because of a reload. SIGTERM stops the scheduling, waits up to 8 s
+for the runs in flight, and exits 0.
 """
 
 from __future__ import annotations
@@ -379,11 +379,7 @@ class Daemon:
     def _watch(self) -> None:
         """Reload when the config or rule files change (and have stopped changing)."""
         assert self.runtime is not None
-        try:
-            snapshot = watch_snapshot(self.runtime.config)
-        except Exception as exc:  # noqa: BLE001 - looked at again in WATCH_EVERY
-            log.warning("cannot look at the rule files: %s", short_error(exc))
-            return
+        snapshot = watch_snapshot(self.runtime.config)
         if snapshot == self._snapshot:
             return
         if self._pending == snapshot:   # unchanged for one look: the edit is complete
@@ -418,7 +414,10 @@ class Daemon:
             if new.ctx.src is not old.ctx.src:
                 new.ctx.src.engine.dispose()
             return self._refused(old, 1)
-        self._settle(old, new, removed, added, new_reports)
+        try:
+            self._settle(old, new, removed, added, new_reports)
+        except Exception:  # the new configuration runs: only its follow-up failed
+            log.exception("reload applied, but what follows it failed")
         return True
 
     def _refused(self, old: Runtime, count: int) -> bool:
@@ -469,8 +468,7 @@ class Daemon:
 
     def _settle(self, old: Runtime, new: Runtime, removed: list[str], added: list[str],
                 new_reports: list[str]) -> None:
-        """After a reload is applied: resolve removed rules' alerts, catch up, count and say so.
-        Failures here are logged; the new configuration stays."""
+        """After a reload is applied: resolve removed rules' alerts, catch up, count and say so."""
         for key in new.needs_restart(old):
             log.warning("%s changed: takes effect at the next restart", key)
         if removed:
@@ -481,10 +479,7 @@ class Daemon:
             else:
                 if queued:
                     self._delivery_due.set()
-        try:
-            self._catch_up(new, added, new_reports)
-        except Exception as exc:  # noqa: BLE001 - their next ticks run as scheduled
-            log.warning("could not catch up the added rules and reports: %s", short_error(exc))
+        self._catch_up(new, added, new_reports)
         self.health.set_rules(new.triggers)
         self.metrics.rules.set(len(new.rules))
         self.metrics.rule_problems.set(0)
