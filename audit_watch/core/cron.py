@@ -22,6 +22,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from functools import lru_cache
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from cronsim import CronSim, CronSimError
@@ -86,12 +87,9 @@ class CronSchedule:
 
     @classmethod
     def read(cls, expr: str, zone_name: str) -> CronSchedule:
-        """From an expression and a time zone name, e.g. a row of the audit store's crons."""
-        try:
-            zone = ZoneInfo(zone_name)
-        except (ZoneInfoNotFoundError, ValueError) as exc:
-            raise CronError(f"unknown time zone {zone_name!r}") from exc
-        return cls(expr, zone)
+        """From an expression and a time zone name, e.g. a row of the audit store's crons
+        (read at every evaluation: the checked schedules are kept)."""
+        return _read(expr, zone_name)
 
     def runs_after(self, moment: datetime) -> Iterator[datetime]:
         """Runs strictly after ``moment``, oldest first (until none in 50 years)."""
@@ -128,3 +126,12 @@ class CronSchedule:
 
     def __str__(self) -> str:
         return f"{self.expr} ({self.zone.key})"
+
+
+@lru_cache(maxsize=4096)
+def _read(expr: str, zone_name: str) -> CronSchedule:
+    try:
+        zone = ZoneInfo(zone_name)
+    except (ZoneInfoNotFoundError, ValueError) as exc:
+        raise CronError(f"unknown time zone {zone_name!r}") from exc
+    return CronSchedule(expr, zone)
