@@ -20,6 +20,7 @@ from sqlalchemy import func, select
 from audit_watch.config.model import FreshnessConfig
 from audit_watch.core.durations import format_duration
 from audit_watch.core.errors import short_error
+from audit_watch.core.outcomes import RunStatus
 from audit_watch.daemon import ledger
 from audit_watch.daemon.context import TickContext
 from audit_watch.daemon.self_alerts import BUILTIN_PREFIX, builtin_alert, builtin_rule, has_open_alert, process_builtin
@@ -153,5 +154,5 @@ def freshness_tick(ctx: TickContext, watch: FreshnessWatch, tick: datetime,
     if not ledger.claim(ctx.state, FRESHNESS_JOB, tick, ctx.replica, ctx.clock()):
         return reading, []
     queued = update_freshness_alert(ctx, reading, tick, rules)
-    ledger.finish(ctx.state, FRESHNESS_JOB, tick, ctx.replica, ledger.OK, ctx.clock())
+    ledger.finish(ctx.state, FRESHNESS_JOB, tick, ctx.replica, RunStatus.OK, ctx.clock())
     return reading, queued

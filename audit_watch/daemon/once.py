@@ -9,8 +9,9 @@ from datetime import datetime
 from audit_watch.alerting.pipeline import DeliverySummary
 from audit_watch.alerting.state import StateStore
 from audit_watch.config.model import read_config
+from audit_watch.core.outcomes import RunOutcome
 from audit_watch.daemon import ledger
-from audit_watch.daemon.context import ELSEWHERE, REPLICA_HEARTBEAT, utc_now
+from audit_watch.daemon.context import REPLICA_HEARTBEAT, utc_now
 from audit_watch.daemon.freshness import FreshnessWatch, check_every, freshness_tick
 from audit_watch.daemon.report_jobs import ReportOutcome, run_report_tick
 from audit_watch.daemon.runtime import load_runtime
@@ -71,19 +72,18 @@ def once_summary(now: datetime, outcomes: list[TickOutcome], reports: list[Repor
                  delivered: DeliverySummary, also_queued: int = 0) -> tuple[str, bool]:
     """The summary, and whether anything failed (a rule, a report, or a notification
     kept as dead). ``also_queued``: notifications of the built-in checks."""
-    count = {status: sum(1 for o in outcomes if o.status == status)
-             for status in (ledger.OK, ledger.ERROR, ledger.HELD, ELSEWHERE)}
+    count = {status: sum(1 for o in outcomes if o.status == status) for status in RunOutcome}
     queued = sum(len(o.queued) for o in [*outcomes, *reports]) + also_queued
     lines = [
-        f"run --once at {now.isoformat()}: {len(outcomes)} rules; evaluated {count[ledger.OK]}, failed "
-        f"{count[ledger.ERROR]}, held {count[ledger.HELD]}, already evaluated at this tick {count[ELSEWHERE]}; "
-        f"{queued} notifications queued; delivered {delivered.delivered}, "
+        f"run --once at {now.isoformat()}: {len(outcomes)} rules; evaluated {count[RunOutcome.OK]}, failed "
+        f"{count[RunOutcome.ERROR]}, held {count[RunOutcome.HELD]}, already evaluated at this tick "
+        f"{count[RunOutcome.ELSEWHERE]}; {queued} notifications queued; delivered {delivered.delivered}, "
         f"retrying {delivered.retrying}, dead {delivered.dead}."
     ]
-    lines += [f"  {o.rule} at {o.tick.isoformat()}: {o.error}" for o in outcomes if o.status == ledger.ERROR]
-    sent = [r for r in reports if r.status == ledger.OK]
+    lines += [f"  {o.rule} at {o.tick.isoformat()}: {o.error}" for o in outcomes if o.status == RunOutcome.ERROR]
+    sent = [r for r in reports if r.status == RunOutcome.OK]
     if sent:
         lines.append("  reports queued: " + ", ".join(f"{r.name} ({r.tick.isoformat()})" for r in sent))
-    lines += [f"  report {r.name} at {r.tick.isoformat()}: {r.error}" for r in reports if r.status == ledger.ERROR]
-    failed = count[ledger.ERROR] or delivered.dead or any(r.status == ledger.ERROR for r in reports)
+    lines += [f"  report {r.name} at {r.tick.isoformat()}: {r.error}" for r in reports if r.status == RunOutcome.ERROR]
+    failed = count[RunOutcome.ERROR] or delivered.dead or any(r.status == RunOutcome.ERROR for r in reports)
     return "\n".join(lines), bool(failed)

@@ -22,8 +22,9 @@ from audit_watch.alerting.pipeline import DeliverySummary, ProcessSummary, deliv
 from audit_watch.alerting.state import StateStore, all_states
 from audit_watch.config.model import Config
 from audit_watch.core.errors import short_error
+from audit_watch.core.outcomes import RunOutcome, RunStatus
 from audit_watch.daemon import ledger
-from audit_watch.daemon.context import ELSEWHERE, TickContext
+from audit_watch.daemon.context import TickContext
 from audit_watch.daemon.schedules import latest_tick
 from audit_watch.daemon.self_alerts import (
     BUILTIN_PREFIX,
@@ -78,7 +79,7 @@ STILL_FAILING_EVERY = 60     # a failing rule's error is logged at its 1st, 60th
 class TickOutcome:
     rule: str
     tick: datetime
-    status: str                                   # ok | error | held | elsewhere
+    status: RunOutcome                            # ok | error | held | elsewhere
     evaluation: Evaluation | None = None
     error: str | None = None
     queued: list[int] = field(default_factory=list)   # outbox ids
@@ -94,11 +95,11 @@ def run_rule_tick(ctx: TickContext, rule: RuleBase, tick: datetime, *, claimed: 
     are raised (nothing can be recorded then).
     """
     if not claimed and not ledger.claim(ctx.state, rule.name, tick, ctx.replica, ctx.clock()):
-        return TickOutcome(rule.name, tick, ELSEWHERE)
+        return TickOutcome(rule.name, tick, RunOutcome.ELSEWHERE)
     if ctx.hold is not None and ctx.hold(rule):
-        kept = ledger.finish(ctx.state, rule.name, tick, ctx.replica, ledger.HELD, ctx.clock(),
+        kept = ledger.finish(ctx.state, rule.name, tick, ctx.replica, RunStatus.HELD, ctx.clock(),
                              error="held: the audit store has no new rows")
-        return TickOutcome(rule.name, tick, ledger.HELD, kept=kept)
+        return TickOutcome(rule.name, tick, RunOutcome.HELD, kept=kept)
     evaluation = evaluate_rule(rule, ctx.src, tick, ctx.config.links)
     error, queued = evaluation.error, []
     if evaluation.ok:
@@ -109,7 +110,7 @@ def run_rule_tick(ctx: TickContext, rule: RuleBase, tick: datetime, *, claimed: 
         except Exception as exc:
             log.exception("rule %s at %s: recording the result failed", rule.name, tick.isoformat())
             error = f"recording the result failed: {short_error(exc)}"
-    status = ledger.OK if error is None else ledger.ERROR
+    status = RunStatus.OK if error is None else RunStatus.ERROR
     kept = ledger.finish(ctx.state, rule.name, tick, ctx.replica, status, ctx.clock(), seconds=evaluation.seconds,
                          alerts=len(evaluation.alerts), error=error)
     if not kept:
@@ -120,7 +121,7 @@ def run_rule_tick(ctx: TickContext, rule: RuleBase, tick: datetime, *, claimed: 
         # every second must not flood the log (the ledger and /metrics keep every one).
         log.warning("rule %s failed at %s%s: %s", rule.name, tick.isoformat(),
                     f" ({errors} errors in a row)" if errors > 1 else "", error, extra={"rule": rule.name})
-    return TickOutcome(rule.name, tick, status, evaluation, error, queued + more, kept, errors)
+    return TickOutcome(rule.name, tick, RunOutcome(status), evaluation, error, queued + more, kept, errors)
 
 
 

@@ -124,8 +124,6 @@ TIME_COLUMN: dict[str, str] = {
     "events": "created_at",
 }
 
-RULE_SOURCES = ("jobs", "threads", "events")
-
 
 def build_tables(
     table_names: Mapping[str, str] | None = None,
