@@ -2,8 +2,9 @@
 
 When the pipe from Auxot breaks, every rule that fires on *missing* rows
 (absence, cron_missed, a spike downwards, "fewer than N") would fire at once.
-Instead, the daemon checks the newest row of the configured tables every few
-seconds; once nothing has arrived for ``max_silence`` it raises one alert
+Instead, the daemon checks the newest row of the configured tables every tenth
+of ``max_silence`` (at least a second and at most a minute apart: every minute
+with the default 2h); once nothing has arrived for ``max_silence`` it raises one alert
 ("audit store silent since ...") and holds those rules (they are not evaluated,
 their states stay as they were) until rows arrive again.
 """

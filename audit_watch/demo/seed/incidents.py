@@ -21,7 +21,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from zoneinfo import ZoneInfo
 
 from croniter import croniter
@@ -93,7 +93,7 @@ class Plan:
 def _utc(end: datetime) -> datetime:
     if end.tzinfo is None:
         raise ValueError("end must be an aware datetime")
-    return end.astimezone(timezone.utc)
+    return end.astimezone(UTC)
 
 
 def _ceil_hour(value: datetime) -> datetime:
@@ -106,7 +106,7 @@ def first_missed_run(world: World, end: datetime) -> datetime:
     cron = world.crons[STOPPED_CRON]
     cutoff = (end - timedelta(seconds=CRON_STOP)).astimezone(ZoneInfo(cron.timezone))
     it = croniter(cron.schedule, cutoff - timedelta(seconds=1))
-    return it.get_next(datetime).astimezone(timezone.utc)
+    return it.get_next(datetime).astimezone(UTC)
 
 
 def _token_agent() -> Agent:
