@@ -48,7 +48,8 @@ class OncePass:
     @property
     def failed(self) -> bool:
         """A rule or a report failed, or a notification was kept as dead."""
-        return bool(any(o.status == RunOutcome.ERROR for o in [*self.outcomes, *self.reports]) or self.delivered.dead)
+        return (self.count(RunOutcome.ERROR) > 0 or any(r.status == RunOutcome.ERROR for r in self.reports)
+                or self.delivered.dead > 0)
 
     def count(self, status: RunOutcome) -> int:
         return sum(1 for o in self.outcomes if o.status == status)

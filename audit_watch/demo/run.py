@@ -3,9 +3,10 @@
 Seeds ``demo/audit.db`` when absent (30 days of activity with planted
 incidents), writes ``demo/audit-watch.yaml`` so every other command can be tried
 on the same data, then runs the pass of ``run --once`` at the data's "now" on an
-empty state: each bundled rule's tick claimed in the run ledger (held if the
-store were silent), the freshness check, the "rule failing" alerts, alert
-states, the outbox and delivery to the file channel in ``demo/outbox/``. The
+empty state: the freshness check, then each bundled rule's tick claimed in the
+run ledger and evaluated (held, were the store silent; counted towards its "rule
+failing" alert, were it to fail), alert states, the outbox, and delivery to the
+file channel in ``demo/outbox/``. The
 scheduled reports are not queued: every report is rendered into
 ``demo/outbox/reports/`` instead. It shows what fired, with links; run again,
 it shows the same.
