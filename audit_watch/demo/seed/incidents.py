@@ -20,9 +20,9 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from typing import Any
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
+from typing import Any
 
 from audit_watch.core.cron import CronSchedule
 from audit_watch.demo.seed.rows import TimeText, epoch, event_row
@@ -92,7 +92,7 @@ class Plan:
 def _utc(end: datetime) -> datetime:
     if end.tzinfo is None:
         raise ValueError("end must be an aware datetime")
-    return end.astimezone(timezone.utc)
+    return end.astimezone(UTC)
 
 
 def _ceil_hour(value: datetime) -> datetime:
@@ -213,8 +213,9 @@ def planted_events(world: World, end: datetime, make_id: Callable[[int], str],
     actor, promoted = world.users[SENSITIVE_ACTOR], world.users[PROMOTED_USER]
     team = world.teams[actor.teams[0]].id
     # (offset, type, severity, description, metadata, agent id, user id, team id)
-    items: list[tuple[int, str, str, str, dict[str, Any], str | None, str | None, str]] = [(e - ACTOR_LOGIN, "auth.login", "info", f"{actor.name} signed in", {"ip": NEW_IP},
-              None, actor.id, team)]
+    items: list[tuple[int, str, str, str, dict[str, Any], str | None, str | None, str]] = [
+        (e - ACTOR_LOGIN, "auth.login", "info", f"{actor.name} signed in", {"ip": NEW_IP}, None, actor.id, team),
+    ]
     role_at, cred_at, *edit_at = SENSITIVE_AT
     items.append((e - role_at, "user.role_changed", "warning",
                   f"{actor.name} changed the role of {promoted.name} from member to owner",
