@@ -46,8 +46,9 @@ from audit_watch.alerting.state import (
     thread_roots,
 )
 from audit_watch.channels import Channel, DeliveryResult, make_channel, threaded
+from audit_watch.channels.escaping import mrkdwn_escape
 from audit_watch.channels.messages import Entry, MessageContext, compose, rule_info, update_message
-from audit_watch.channels.render import Renderer, mrkdwn_escape
+from audit_watch.channels.render import Renderer
 from audit_watch.channels.settings import SlackChannel
 from audit_watch.config.model import Config
 from audit_watch.core.errors import short_error

@@ -20,7 +20,8 @@ from typing import Any
 
 import css_inline
 
-from audit_watch.channels.render import Renderer, mrkdwn_escape
+from audit_watch.channels.escaping import mrkdwn_escape
+from audit_watch.channels.render import Renderer
 from audit_watch.channels.settings import EmailChannel, FileChannel, SlackChannel, SlackWebhookChannel
 from audit_watch.channels.slack_blocks import Section, build_message
 from audit_watch.core.durations import format_duration

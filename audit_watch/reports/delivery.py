@@ -31,11 +31,11 @@ from sqlalchemy.engine import Connection
 
 from audit_watch.alerting.outbox import DeliveryPolicy, enqueue
 from audit_watch.alerting.state import StateStore
+from audit_watch.channels.escaping import escape_slack
 from audit_watch.channels.settings import EmailChannel, FileChannel, SlackChannel, SlackWebhookChannel
 from audit_watch.channels.slack_blocks import MAX_TEXT, Section, build_message
 from audit_watch.config.model import Config
 from audit_watch.reports.output import ReportResult, email_payload
-from audit_watch.reports.render_report import escape_slack
 
 ChannelConfig = SlackChannel | SlackWebhookChannel | EmailChannel | FileChannel
 
