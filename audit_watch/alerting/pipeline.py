@@ -46,10 +46,11 @@ from audit_watch.alerting.state import (
     thread_roots,
 )
 from audit_watch.channels import Channel, DeliveryResult, make_channel, threaded
+from audit_watch.channels.channel_type import ChannelSettings
 from audit_watch.channels.escaping import mrkdwn_escape
-from audit_watch.channels.messages import Entry, MessageContext, compose, rule_info, update_message
+from audit_watch.channels.messages import Entry, MessageContext, rule_info
+from audit_watch.channels.registry import compose, root_update, updates_root
 from audit_watch.channels.render import Renderer
-from audit_watch.channels.settings import SlackChannel
 from audit_watch.config.model import Config
 from audit_watch.core.errors import short_error
 from audit_watch.rules.evaluate import Evaluation
@@ -178,8 +179,8 @@ def _queue(conn: Connection, planned: Planned, config: Config, renderer: Rendere
     ctx = MessageContext(rule_info(planned.rule), planned.kind, [_entry(c.state) for c in planned.changes], evaluated_at)
     try:
         payload = compose(channel, renderer, ctx)
-        if planned.kind == RESOLVED and planned.parent_id is not None and isinstance(channel, SlackChannel):
-            update = _root_update(conn, planned, renderer, ctx, channel.max_rows)
+        if planned.kind == RESOLVED and planned.parent_id is not None and updates_root(channel):
+            update = _root_update(conn, planned, renderer, ctx, channel)
             if update is not None:
                 payload["update"] = update
     except Exception as exc:
@@ -195,7 +196,7 @@ def _queue(conn: Connection, planned: Planned, config: Config, renderer: Rendere
 
 
 def _root_update(conn: Connection, planned: Planned, renderer: Renderer, ctx: MessageContext,
-                 max_rows: int) -> dict[str, Any] | None:
+                 channel: ChannelSettings) -> dict[str, Any] | None:
     """The firing message re-rendered: each of its alerts firing or resolved as of now.
 
     An alert counts as still firing only while the message is still its thread root
@@ -217,7 +218,7 @@ def _root_update(conn: Connection, planned: Planned, renderer: Renderer, ctx: Me
         else:
             entries.append(Entry(alert, "firing" if still else "resolved", item.started_at, item.fired_at,
                                  item.resolved_at if not still else None))
-    return update_message(renderer, MessageContext(ctx.rule, "update", entries, ctx.now), max_rows)
+    return root_update(channel, renderer, MessageContext(ctx.rule, "update", entries, ctx.now))
 
 
 def _fallback_payload(planned: Planned, ctx: MessageContext, error: str) -> dict[str, Any]:
