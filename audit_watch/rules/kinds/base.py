@@ -35,6 +35,7 @@ MAX_SAMPLE_ROWS = 20
 MAX_SAMPLED_GROUPS = 200
 
 _Built = TypeVar("_Built")
+_Built_co = TypeVar("_Built_co", covariant=True)  # a prepared Select is a prepared Executable
 
 
 class Moments:
@@ -56,10 +57,10 @@ class Moments:
 
 
 @dataclass(frozen=True)
-class Prepared(Generic[_Built]):
+class Prepared(Generic[_Built_co]):
     """What a builder made once for a rule (a statement or a clause), with the moments it binds."""
 
-    built: _Built
+    built: _Built_co
     moments: tuple[Moment, ...]
 
 

@@ -87,7 +87,8 @@ class CronMissed(RuleKind):
 
     def _crons(self, rule: CronMissedRule, ctx: EvalContext) -> list[CronRow]:
         stmt = ctx.prepared(rule, (self.name, "crons"), lambda _moments: self._crons_statement(rule, ctx.src))
-        return [CronRow(*row) for row in ctx.execute(stmt)]
+        return [CronRow(row.id, row.agent_id, row.name, row.schedule, row.timezone, row.created_at)
+                for row in ctx.execute(stmt)]
 
     def _crons_statement(self, rule: CronMissedRule, src: AuditSource) -> Select[Any]:
         crons = src.table("crons")
@@ -112,16 +113,19 @@ class CronMissed(RuleKind):
             return {}
         src = ctx.src
         per_run = fired_per_run(src, [(cid, run, run + rule.grace) for cid, run in pairs])
-        counts = {}
+        counts: dict[tuple[str, datetime], int] = {}
         for row in ctx.conn.execute(select(per_run.c.cron_id, per_run.c.expected_at, per_run.c.fired)):
-            counts[(row.cron_id, src.read_time(row.expected_at))] = int(row.fired)
+            expected = src.read_time(row.expected_at)
+            if expected is not None:
+                counts[(row.cron_id, expected)] = int(row.fired)
         return counts
 
     def _last_fired(self, rule: CronMissedRule, ctx: EvalContext, cron_ids: list[str]) -> dict[str, str]:
         src = ctx.src
         stmt = ctx.prepared(rule, (self.name, "last fired"), lambda moments: self._last_fired_statement(src, moments))
         rows = ctx.conn.execute(stmt.built, {**ctx.params(stmt), "cron_ids": cron_ids})
-        return {row.cron_id: src.read_time(row.last).isoformat() for row in rows}
+        found = {row.cron_id: src.read_time(row.last) for row in rows}
+        return {cron_id: last.isoformat() for cron_id, last in found.items() if last is not None}
 
     def _last_fired_statement(self, src: AuditSource, moments: Moments) -> Select[Any]:
         """The last fire of each cron in the bound list ``cron_ids``."""
