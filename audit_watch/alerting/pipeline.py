@@ -36,6 +36,7 @@ from audit_watch.alerting.state import StateStore, load_states
 from audit_watch.channels.base import Channel
 from audit_watch.channels.render import Renderer
 from audit_watch.config.model import Config
+from audit_watch.core.outcomes import DeliveryOutcome
 from audit_watch.rules.evaluate import Evaluation
 
 MAX_ROUNDS = 20  # claim rounds per deliver_due: replies wait for their root, one round each
@@ -71,15 +72,15 @@ class DeliverySummary:
 
     @property
     def delivered(self) -> int:
-        return self._count("delivered")
+        return self._count(DeliveryOutcome.DELIVERED)
 
     @property
     def retrying(self) -> int:
-        return self._count("retrying")
+        return self._count(DeliveryOutcome.RETRYING)
 
     @property
     def dead(self) -> int:
-        return self._count("dead")
+        return self._count(DeliveryOutcome.DEAD)
 
 
 def process(
