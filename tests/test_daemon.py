@@ -28,8 +28,9 @@ from apscheduler.schedulers.background import BackgroundScheduler
 from sqlalchemy import create_engine, select, text
 from test_ledger import state
 
-from audit_watch.alerting.pipeline import alerts_table, process
+from audit_watch.alerting.pipeline import process
 from audit_watch.alerting.state import StateStore, outbox
+from audit_watch.alerting.views import alerts_table
 from audit_watch.channels.render import Renderer
 from audit_watch.config.model import Config
 from audit_watch.core.outcomes import RunOutcome

@@ -22,8 +22,9 @@ from test_report_golden import DANIEL, END, digest, seeded
 from test_slack import fake
 
 from audit_watch.alerting.outbox import list_entries
-from audit_watch.alerting.pipeline import deliver_due, outbox_summary
+from audit_watch.alerting.pipeline import deliver_due
 from audit_watch.alerting.state import StateStore
+from audit_watch.alerting.views import outbox_summary
 from audit_watch.channels.slack_blocks import MAX_BLOCKS, MAX_TEXT
 from audit_watch.cli.main import main
 from audit_watch.config.model import Config, load_config

@@ -299,20 +299,20 @@ def run(settings: Settings, once: bool, now: datetime | None, log_format: str, l
 @common_options
 def alerts(settings: Settings, as_json: bool, outbox: bool, active: bool) -> None:
     """The current alert states, or the outbox."""
-    from audit_watch.alerting import pipeline
+    from audit_watch.alerting import views
     from audit_watch.alerting.state import StateStore
     from audit_watch.cli.terminal import console, outbox_view, states_view
 
     state = StateStore.from_config(settings.config)
     try:
         if outbox:
-            entries = pipeline.outbox_table(state)
+            entries = views.outbox_table(state)
             if as_json:
                 click.echo(json.dumps([_plain(e) for e in entries], default=str))
             else:
-                console.print(outbox_view(entries, pipeline.outbox_summary(state)))
+                console.print(outbox_view(entries, views.outbox_summary(state)))
             return
-        rows = pipeline.alerts_table(state, include_resolved=not active)
+        rows = views.alerts_table(state, include_resolved=not active)
         if as_json:
             click.echo(json.dumps([_plain(r) for r in rows], default=str))
         else:
