@@ -50,7 +50,7 @@ def config_file(tmp_path: Path, seeded: Any, state_url: str, fake: FakeSlack, sm
                 monkeypatch: pytest.MonkeyPatch) -> Path:
     """audit-watch.yaml: the generated store, the state under test, the three kinds of channel.
     The command's wall clock (when it queues and delivers) is the end of the data."""
-    monkeypatch.setattr("audit_watch.cli.main.wall_clock", lambda: END)
+    monkeypatch.setattr("audit_watch.cli.options.wall_clock", lambda: END)
     _, db = seeded
     source = db.execute("PRAGMA database_list").fetchone()[2]
     (tmp_path / "reports").mkdir()
