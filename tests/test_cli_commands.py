@@ -110,8 +110,8 @@ def test_alerts_outbox_shows_what_waits_and_why(site: Path) -> None:
 
 def states(site: Path) -> list[tuple[str, str, int | None, bool]]:
     """(group, state, silenced by, told) of every alert, read from the state database."""
-    from audit_watch.alerting.pipeline import alerts_table
     from audit_watch.alerting.state import StateStore
+    from audit_watch.alerting.views import alerts_table
 
     store = StateStore.open(f"sqlite:///{site / 'state.db'}")
     try:

@@ -14,8 +14,9 @@ from typing import Any
 import pytest
 from sqlalchemy import event, select
 
-from audit_watch.alerting.pipeline import alerts_table, process
+from audit_watch.alerting.pipeline import process
 from audit_watch.alerting.state import StateStore, alert_states, all_states, outbox
+from audit_watch.alerting.views import alerts_table
 from audit_watch.config.model import Config
 
 from test_state import T0, evaluation, make_alert, make_rule, state, state_url

@@ -19,8 +19,8 @@ from typing import Any
 
 from test_daemon import log_records, wait_for
 
-from audit_watch.alerting.pipeline import alerts_table
 from audit_watch.alerting.state import StateStore
+from audit_watch.alerting.views import alerts_table
 from audit_watch.store.rows import insert_rows
 from audit_watch.store.schema import create_reference_tables
 from audit_watch.store.source import AuditSource
