@@ -8,7 +8,7 @@ from pathlib import Path
 
 import click
 
-from audit_watch.cli.options import TS, Settings, common_options
+from audit_watch.cli.options import EXIT_BAD_INPUT, TS, Settings, common_options
 
 
 @click.command()
@@ -20,9 +20,13 @@ from audit_watch.cli.options import TS, Settings, common_options
 @common_options
 def seed(settings: Settings, url: str, days: int, seed_value: int, scale: float, end: datetime | None) -> None:
     """Write generated Auxot activity, with known incidents, into any database."""
-    from audit_watch.demo.seed import seed_database
+    from audit_watch.demo.seed import SeedError, seed_database
 
-    summary = seed_database(url, days=days, seed=seed_value, scale=scale, end=end, progress=True)
+    try:
+        summary = seed_database(url, days=days, seed=seed_value, scale=scale, end=end, progress=True)
+    except SeedError as exc:   # e.g. a database that already holds activity: bad input, not a crash
+        click.echo(f"cannot seed: {exc}", err=True)
+        sys.exit(EXIT_BAD_INPUT)
     click.echo(str(summary))
 
 
