@@ -102,13 +102,13 @@ def test_a_silence_holds_back_the_repeats_and_the_resolution_of_an_alert_already
     rule = make_rule(repeat="30m", keep_firing_for="2h")
     [root] = tick(state, rule, T0, "a1")
     assert tick(state, rule, T0 + 30 * MIN) == [1 + root]                    # held by keep_firing_for, repeated
-    silences.add(state, "failed-jobs", timedelta(hours=3), "known", T0 + 31 * MIN)
+    silence = silences.add(state, "failed-jobs", timedelta(hours=3), "known", T0 + 31 * MIN)
     assert tick(state, rule, T0 + 60 * MIN) == []                            # repeat due, silenced
-    assert state_of(state).silenced_by is not None
+    assert state_of(state).silenced_by == silence.id
     summary = process([evaluation(rule, T0 + 121 * MIN)], CONFIG, state, T0 + 121 * MIN)   # resolves, silenced
     assert summary.notifications == [] and summary.silenced == 1
     item = state_of(state)
-    assert (item.state, item.silenced_by, item.last_notified_at) == ("resolved", 1, T0 + 30 * MIN)
+    assert (item.state, item.silenced_by, item.last_notified_at) == ("resolved", silence.id, T0 + 30 * MIN)
     assert queued(state) == [(FIRING, None), (REPEAT, root)]
 
 
