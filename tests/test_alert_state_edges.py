@@ -179,6 +179,17 @@ def test_decide_resolves_every_alert_gone_whatever_the_order() -> None:
     assert [(e.kind, e.alert.group["agent_id"]) for e in step.events] == [(RESOLVED, "a2")]
 
 
+def test_decide_forgets_a_cleared_pending_alert_and_still_resolves_the_next_one() -> None:
+    rule = make_rule(**{"for": "5m"}, repeat="0s")
+    firing = decide(rule, {}, [make_alert("a2")], T0 - 10 * MIN, []).changed
+    firing = decide(rule, {s.fingerprint: s for s in firing}, [make_alert("a2")], T0 - 5 * MIN, []).changed
+    pending = decide(rule, {}, [make_alert("a1")], T0 - MIN, []).changed
+    prior = {s.fingerprint: s for s in [*pending, *firing]}                 # the pending one first
+    step = decide(rule, prior, [], T0, [])
+    assert step.removed == [pending[0].fingerprint]
+    assert [(s.group["agent_id"], s.state) for s in step.changed] == [("a2", "resolved")]
+
+
 def test_plan_orders_by_kind_then_thread_and_skips_unknown_channels(caplog: pytest.LogCaptureFixture) -> None:
     rule = make_rule(notify=["pager", "oncall"])
     step = decide(rule, {}, [make_alert("a1"), make_alert("a2"), make_alert("a3")], T0, [])

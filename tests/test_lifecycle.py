@@ -60,6 +60,7 @@ def test_keep_firing_for_holds_then_resolves_from_the_last_time_the_condition_he
     assert len(tick(state, rule, T0 + 10 * MIN)) == 1                     # 10 minutes after it was last seen
     resolved = state_of(state)
     assert (resolved.state, resolved.resolved_at, resolved.episode) == ("resolved", T0 + 10 * MIN, 1)
+    assert resolved.last_notified_at == T0 + 10 * MIN                     # told of the resolution
     assert queued(state) == [("firing", None), ("resolved", root)]
 
 
