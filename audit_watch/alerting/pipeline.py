@@ -145,7 +145,7 @@ def process(
                                                    f"state already at {latest.isoformat()}"))
                 continue
             summary.evaluations += 1
-            step = decide(rule, prior, evaluation.alerts, evaluation.now, silences)
+            step = decide(rule, prior, evaluation.alerts, evaluation.now, silences, evaluation.complete)
             save_states(conn, step.changed, set(prior), step.removed)
             clear_thread_roots(conn, step.new_episodes)
             _count_transitions(summary, prior, step.changed, step.removed)

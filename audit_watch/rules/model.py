@@ -23,6 +23,12 @@ Source = Literal["jobs", "threads", "events"]
 Severity = Literal["info", "warning", "critical"]
 CompareOp = Literal[">", ">=", "<", "<=", "=="]
 
+# The groups one evaluation keeps: the most severe ``max_groups``; the others are
+# counted, not tracked. The ceiling keeps one evaluation's memory, state rows and
+# messages bounded whatever a rule matches.
+DEFAULT_MAX_GROUPS = 1_000
+MAX_GROUPS_CEILING = 10_000
+
 class Comparison(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
     op: CompareOp
@@ -66,6 +72,7 @@ class RuleBase(BaseModel):
     include_content: bool = False
     labels: dict[str, str] = Field(default_factory=dict)
     enabled: bool = True
+    max_groups: int = Field(default=DEFAULT_MAX_GROUPS, ge=1, le=MAX_GROUPS_CEILING)
 
     @field_validator("name")
     @classmethod
@@ -247,8 +254,26 @@ class NewValueRule(RuleBase):
 
 
 class AnyRule(RuleBase):
+    """Each row is its own group, so ``max_groups`` caps the rows alerted on; it
+    defaults lower than for other kinds (a storm of rows is read as a count and a
+    sample, not as 1,000 alerts). ``max_alerts`` is its older name."""
+
     kind: Literal["any"]
-    max_alerts: int = Field(default=50, ge=1, le=1000)
+    max_groups: int = Field(default=50, ge=1, le=MAX_GROUPS_CEILING)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _max_alerts_is_max_groups(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "max_alerts" in data:
+            data = dict(data)
+            max_alerts = data.pop("max_alerts")
+            if "max_groups" in data and data["max_groups"] != max_alerts:
+                raise PydanticCustomError(
+                    "max_alerts", "max_alerts is the older name of max_groups: give one of them",
+                    {"subpath": ["max_alerts"]},
+                )
+            data["max_groups"] = max_alerts
+        return data
 
 
 Rule = Annotated[

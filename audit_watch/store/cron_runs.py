@@ -1,96 +1,235 @@
-"""Crons' expected runs and whether each fired: shared by the ``cron_missed``
+"""Crons' expected runs and their ``cron.fired`` events: shared by the ``cron_missed``
 rule and the reports' cron health.
 
 Expected runs come from each cron's own schedule in its own time zone (cronsim:
 a run in the hour repeated when clocks go back counts once, a run in the hour
-skipped when they go forward happens right after the gap, as cron does it). The
-runs go to the database as one bound JSON parameter and are joined with the
-``cron.fired`` events there, one row per run with its count of fires.
+skipped when they go forward happens right after the gap, as cron does it). Crons
+that share a schedule and a time zone share its runs: :class:`RunCalendar` walks
+each schedule once per evaluation, only as far back as asked.
+
+A run *fired* when a ``cron.fired`` event of its cron lies within ``grace`` after
+it. Cron maths has no SQL, so the runs stay in Python; the database is asked only
+for the fires inside the runs' grace windows (merged into at most
+:data:`MAX_WINDOWS` time ranges, each an index range scan on
+``(event_type, created_at)``), and the matching of fires to runs is a bisect per
+cron. The cost grows with the number of fires inside those windows, not with
+crons × runs: thousands of crons that stop at once are a few statements.
 """
 
 from __future__ import annotations
 
+import bisect
 import json
+from collections.abc import Iterable, Iterator, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
 
 from cronsim import CronSim
-from sqlalchemy import DateTime, String, and_, func, select, text
+from sqlalchemy import ARRAY, Text, and_, any_, bindparam, func, literal, or_, select, text
+from sqlalchemy.engine import Connection
 from sqlalchemy.sql.elements import ColumnElement
 
 from audit_watch.core.timestamps import as_utc
 from audit_watch.store.source import AuditSource
 
 FIRED = "cron.fired"
+MAX_WINDOWS = 64   # time ranges per statement: a wider merged range reads a few more fires, nothing else
+
+Window = tuple[datetime, datetime]
 
 
 def expected_runs(schedule: str, tz_name: str, until: datetime, since: datetime, limit: int) -> list[datetime]:
     """Expected run times (UTC, newest first) with ``since <= t <= until``."""
-    tz = ZoneInfo(tz_name)
-    start = (as_utc(until).replace(microsecond=0) + timedelta(seconds=1)).astimezone(tz)
-    runs: list[datetime] = []
-    for moment in CronSim(schedule, start, reverse=True):
-        moment = moment.astimezone(UTC)
-        if moment < since or len(runs) >= limit:
-            break
-        runs.append(moment)
-    return runs
+    return ScheduleRuns(schedule, tz_name, until).since(since, limit)
 
 
-def runs_table(src: AuditSource, runs: list[tuple[str, datetime, datetime]]) -> Any:
-    """(cron id, expected at, deadline) rows as a derived table from one JSON parameter."""
-    if src.dialect == "postgresql":
-        payload = json.dumps([{"c": c, "e": e.isoformat(), "d": d.isoformat()} for c, e, d in runs])
-        return (
-            text(
-                "SELECT r.c AS cron_id, r.e AS expected_at, r.d AS deadline "
-                "FROM jsonb_to_recordset(CAST(:runs AS jsonb)) AS r(c text, e timestamptz, d timestamptz)"
-            )
-            .bindparams(runs=payload)
-            .columns(cron_id=String, expected_at=DateTime(timezone=True), deadline=DateTime(timezone=True))
-            .subquery("expected")
-        )
-    fmt = "%Y-%m-%d %H:%M:%S.000"
-    payload = json.dumps([{"c": c, "e": as_utc(e).strftime(fmt), "d": as_utc(d).strftime(fmt)} for c, e, d in runs])
-    return (
-        text(
-            "SELECT json_extract(value, '$.c') AS cron_id, json_extract(value, '$.e') AS expected_at, "
-            "json_extract(value, '$.d') AS deadline FROM json_each(:runs)"
-        )
-        .bindparams(runs=payload)
-        .columns(cron_id=String, expected_at=String, deadline=String)
-        .subquery("expected")
-    )
+class ScheduleRuns:
+    """The runs of one schedule in one time zone at or before ``until``, newest
+    first, computed lazily and kept: asking for 8 runs and then 64 walks 64."""
+
+    def __init__(self, schedule: str, tz_name: str, until: datetime) -> None:
+        start = (as_utc(until).replace(microsecond=0) + timedelta(seconds=1)).astimezone(ZoneInfo(tz_name))
+        self._walk: Iterator[datetime] | None = iter(CronSim(schedule, start, reverse=True))
+        self._runs: list[datetime] = []
+
+    def first(self, count: int) -> list[datetime]:
+        """The newest ``count`` runs (fewer when the schedule has no more)."""
+        while len(self._runs) < count and self._walk is not None:
+            moment = next(self._walk, None)
+            if moment is None:
+                self._walk = None
+                break
+            self._runs.append(moment.astimezone(UTC))
+        return self._runs[:count]
+
+    def since(self, since: datetime, limit: int) -> list[datetime]:
+        """The newest runs at or after ``since``, at most ``limit``."""
+        count = min(limit, 8)
+        runs = self.first(count)
+        while len(runs) == count < limit and runs[-1] >= since:
+            count = min(limit, 4 * count)
+            runs = self.first(count)
+        return runs[: at_or_after(runs, since)]
 
 
-def fired_per_run(src: AuditSource, runs: list[tuple[str, datetime, datetime]]) -> Any:
-    """A subquery: one row per run (cron_id, expected_at, deadline, fired) where
-    ``fired`` counts the cron's ``cron.fired`` events in [expected_at, deadline]."""
-    expected = runs_table(src, runs)
+def at_or_after(runs: Sequence[datetime], since: datetime) -> int:
+    """How many of ``runs`` (newest first) are at or after ``since``."""
+    return bisect.bisect_right(runs, -since.timestamp(), key=lambda run: -run.timestamp())
+
+
+class RunCalendar:
+    """:class:`ScheduleRuns` per (schedule, time zone), all at or before ``until``.
+
+    Raises what cronsim and zoneinfo raise for an unusable schedule or time zone
+    (``CronSimError``, ``ValueError``, ``KeyError``): callers skip that cron."""
+
+    def __init__(self, until: datetime) -> None:
+        self.until = until
+        self._schedules: dict[tuple[str, str], ScheduleRuns] = {}
+
+    def runs(self, schedule: str, tz_name: str) -> ScheduleRuns:
+        key = (schedule, tz_name)
+        found = self._schedules.get(key)
+        if found is None:
+            found = self._schedules[key] = ScheduleRuns(schedule, tz_name, self.until)
+        return found
+
+
+def merged_windows(windows: Iterable[Window], limit: int = MAX_WINDOWS) -> list[Window]:
+    """The union of closed time ranges as at most ``limit`` ranges, oldest first.
+
+    Past ``limit`` the ranges with the shortest gaps between them are joined: the
+    result covers the union (and the short gaps), which is all the callers need.
+    """
+    merged: list[list[datetime]] = []
+    for start, end in sorted(windows):
+        if merged and start <= merged[-1][1]:
+            merged[-1][1] = max(merged[-1][1], end)
+        else:
+            merged.append([start, end])
+    while len(merged) > limit:
+        gaps = sorted(range(len(merged) - 1), key=lambda i: merged[i + 1][0] - merged[i][1])
+        joined = set(gaps[: len(merged) - limit])
+        folded: list[list[datetime]] = []
+        for index, window in enumerate(merged):
+            if index - 1 in joined:
+                folded[-1][1] = window[1]
+            else:
+                folded.append(list(window))
+        merged = folded
+    return [(start, end) for start, end in merged]
+
+
+def fired_within(times: Sequence[datetime], start: datetime, end: datetime) -> datetime | None:
+    """The newest of the sorted ``times`` with ``start <= t <= end``, or None."""
+    index = bisect.bisect_right(times, end)
+    if index and times[index - 1] >= start:
+        return times[index - 1]
+    return None
+
+
+# --- the statements --------------------------------------------------------------------
+
+
+def _cron_key(src: AuditSource) -> ColumnElement[Any]:
     events = src.table("events")
-    fired_time = src.time_value(events.c.created_at)
-    join_on = and_(
-        events.c.event_type == FIRED,
-        src.json_text(events.c["metadata"], "cron_id") == expected.c.cron_id,
-        fired_time >= src.time_value(expected.c.expected_at),
-        fired_time <= src.time_value(expected.c.deadline),
-        *_coarse_range(src, events.c.created_at, expected),
-    )
-    return (
-        select(expected.c.cron_id, expected.c.expected_at, expected.c.deadline,
-               func.count(events.c.id).label("fired"))
-        .select_from(expected.outerjoin(events, join_on))
-        .group_by(expected.c.cron_id, expected.c.expected_at, expected.c.deadline)
-        .subquery("per_run")
-    )
+    return src.json_text(events.c["metadata"], "cron_id")
 
 
-def _coarse_range(src: AuditSource, column: ColumnElement[Any], expected: Any) -> list[ColumnElement[bool]]:
-    """On SQLite, a date range on the raw column so the (event_type, created_at) index helps."""
+def _among(src: AuditSource, column: ColumnElement[Any], cron_ids: Sequence[str]) -> ColumnElement[bool]:
+    """``column`` is one of ``cron_ids``: one bound parameter, however many ids."""
+    if src.dialect == "postgresql":
+        return column == any_(bindparam("cron_ids", list(cron_ids), type_=ARRAY(Text)))
+    ids = text("SELECT value FROM json_each(:cron_ids)").bindparams(cron_ids=json.dumps(list(cron_ids)))
+    return column.in_(ids.columns(value=Text))
+
+
+def _within(src: AuditSource, column: ColumnElement[Any], window: Window) -> ColumnElement[bool]:
+    """``start <= t <= end`` (both ends included), narrowed by the time index."""
+    start, end = window
+    exact = and_(src.time_value(column) >= src.time_param(start), src.time_value(column) <= src.time_param(end))
     if src.dialect != "sqlite":
-        return []
+        return exact
+    # Text of any UTC offset lies within a day of its instant (see AuditSource.between).
+    low = (as_utc(start) - timedelta(days=1)).strftime("%Y-%m-%d")
+    high = (as_utc(end) + timedelta(days=2)).strftime("%Y-%m-%d")
+    return and_(column >= literal(low), column < literal(high), exact)
+
+
+def _fires_where(src: AuditSource, windows: Sequence[Window], cron_ids: Sequence[str]) -> list[ColumnElement[bool]]:
+    events = src.table("events")
     return [
-        column >= func.date(expected.c.expected_at, "-1 day"),
-        column < func.date(expected.c.deadline, "+2 day"),
+        events.c.event_type == FIRED,
+        or_(*(_within(src, events.c.created_at, w) for w in windows)),
+        _among(src, _cron_key(src), cron_ids),
     ]
+
+
+def fire_times(conn: Connection, src: AuditSource, windows: Sequence[Window],
+               cron_ids: Sequence[str]) -> Iterator[tuple[str, list[datetime]]]:
+    """``(cron id, its fire times in the windows, sorted)`` per cron with any, streamed
+    one cron at a time (a month of fires of every cron need not be in memory at once)."""
+    if not windows or not cron_ids:
+        return
+    events = src.table("events")
+    key = _cron_key(src).label("cron_id")
+    at = src.time_value(events.c.created_at).label("at")
+    stmt = select(key, at).where(*_fires_where(src, windows, cron_ids)).order_by(key, at)
+    current: str | None = None
+    times: list[datetime] = []
+    result = conn.execution_options(stream_results=True, yield_per=5000).execute(stmt)
+    for cron_id, value in result:
+        if cron_id != current:
+            if current is not None:
+                yield current, times
+            current, times = cron_id, []
+        moment = src.read_time(value)
+        if moment is not None:
+            times.append(moment)
+    if current is not None:
+        yield current, times
+
+
+def last_fires(conn: Connection, src: AuditSource, windows: Sequence[Window],
+               cron_ids: Sequence[str]) -> dict[str, datetime]:
+    """{cron id: its newest fire in the windows}, aggregated in SQL (one row per cron)."""
+    if not windows or not cron_ids:
+        return {}
+    events = src.table("events")
+    key = _cron_key(src)
+    stmt = (
+        select(key.label("cron_id"), func.max(src.time_value(events.c.created_at)).label("last"))
+        .where(*_fires_where(src, windows, cron_ids))
+        .group_by(key)
+    )
+    found = {}
+    for cron_id, value in conn.execute(stmt):
+        moment = src.read_time(value)
+        if moment is not None:
+            found[cron_id] = moment
+    return found
+
+
+def newest_fires(conn: Connection, src: AuditSource, since: datetime, until: datetime,
+                 cron_ids: Sequence[str]) -> dict[str, tuple[datetime, str]]:
+    """{cron id: (time, event id) of its newest fire with ``since <= t <= until``}."""
+    if not cron_ids:
+        return {}
+    events = src.table("events")
+    key = _cron_key(src).label("cron_id")
+    at = src.time_value(events.c.created_at)
+    ranked = (
+        select(
+            events.c.id, key, at.label("at"),
+            func.row_number().over(partition_by=key, order_by=(at.desc(), events.c.id.desc())).label("rank"),
+        )
+        .where(*_fires_where(src, [(since, until)], cron_ids))
+        .subquery()
+    )
+    found = {}
+    for row_id, cron_id, value, _rank in conn.execute(select(ranked).where(ranked.c.rank == 1)):
+        moment = src.read_time(value)
+        if moment is not None:
+            found[cron_id] = (moment, str(row_id))
+    return found

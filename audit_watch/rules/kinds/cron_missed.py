@@ -1,32 +1,50 @@
 """``cron_missed``: an enabled cron's latest expected run has no ``cron.fired``.
 
-Expected runs and their fires come from :mod:`audit_watch.store.cron_runs` (one row
-per run, counted in SQL); the value is the number of consecutive missed runs.
+The value is the number of consecutive missed runs, counted back from the latest
+run due (at least ``grace`` ago) to the newest run that fired, at most
+``max_runs``. Runs come from :mod:`audit_watch.store.cron_runs` (each schedule
+walked once per evaluation, however many crons share it).
 
-The statements reading the crons and their last fires are built once per rule;
-the one counting fires per run is built per evaluation, as the runs (a JSON
-parameter of :func:`~audit_watch.store.cron_runs.runs_table`) change with ``now``.
+The streaks are found in slices of runs, newest first, for the crons whose
+streak is still open: the latest run of every cron (one statement returning the
+fires in those runs' grace windows, matched per cron with a bisect), then the 8
+runs before it, then the 64 before those, ... up to ``max_runs`` (one aggregate
+statement per slice: each open cron's newest fire inside the slice's windows).
+A fleet that stopped a few runs ago takes two statements; each reads the fires
+inside the slice's grace windows, never crons × runs.
 """
 
 from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from cronsim import CronSimError
-from sqlalchemy import Select, and_, bindparam, func, select
-from sqlalchemy.sql.elements import ColumnElement
+from sqlalchemy import Select, select
 
 from audit_watch.rules.alert import Finding
-from audit_watch.rules.kinds.base import EvalContext, Moments, RuleKind, sample_rows
+from audit_watch.rules.kinds.base import EvalContext, Found, RuleKind
 from audit_watch.rules.model import CronMissedRule
-from audit_watch.store.cron_runs import FIRED, expected_runs, fired_per_run
+from audit_watch.store.cron_runs import (
+    RunCalendar,
+    ScheduleRuns,
+    at_or_after,
+    fire_times,
+    fired_within,
+    last_fires,
+    merged_windows,
+    newest_fires,
+)
 from audit_watch.store.source import AuditSource
 from audit_watch.store.where import where_clause
 
 log = logging.getLogger(__name__)
+
+SLICE_GROWTH = 8   # each slice of runs looks this many times further back than the one before
+MAX_LISTED_RUNS = 10
+_EARLIEST = datetime.min.replace(tzinfo=UTC)
 
 
 @dataclass
@@ -39,55 +57,71 @@ class CronRow:
     created_at: datetime
 
 
+@dataclass
+class Streak:
+    """A cron's consecutive missed runs, newest first."""
+
+    cron: CronRow
+    runs: list[datetime]            # the missed runs, newest first
+    last_fired: datetime | None     # the fire of the newest run that fired (None: none found)
+    at_least: bool                  # stopped counting at max_runs
+
+    @property
+    def silent_since(self) -> datetime:
+        return self.runs[-1]
+
+
 class CronMissed(RuleKind):
     name = "cron_missed"
 
-    def find(self, rule: CronMissedRule, ctx: EvalContext) -> list[Finding]:
+    def find(self, rule: CronMissedRule, ctx: EvalContext) -> Found:
         due_by = ctx.now - rule.grace
-        crons = self._crons(rule, ctx)
-        # Phase 1: only each cron's latest run. Phase 2: the history of the ones missed.
-        latest = {c.id: self._runs(c, due_by, 1) for c in crons}
-        fired = self._fired_counts(ctx, rule, {cid: runs for cid, runs in latest.items() if runs})
-        missed = [c for c in crons if latest[c.id] and not fired.get((c.id, latest[c.id][0]))]
-        if not missed:
-            return []
-        history = {c.id: self._runs(c, due_by, rule.max_runs) for c in missed}
-        fired = self._fired_counts(ctx, rule, history)
-        last_fired = self._last_fired(rule, ctx, [c.id for c in missed])
-        findings = []
-        for cron in missed:
-            runs = history[cron.id]
-            streak = 0
-            for run in runs:
-                if fired.get((cron.id, run)):
-                    break
-                streak += 1
-            if streak == 0:
-                continue
-            findings.append(
-                Finding(
-                    group={"cron_id": cron.id},
-                    value=streak,
-                    threshold=">= 1",
-                    details={
-                        "cron_name": cron.name,
-                        "agent_id": cron.agent_id,
-                        "schedule": cron.schedule,
-                        "timezone": cron.timezone,
-                        "expected_at": runs[0].isoformat(),
-                        "missed_runs": [r.isoformat() for r in runs[:streak][:10]],
-                        "at_least": streak == rule.max_runs,
-                        "last_fired": last_fired.get(cron.id),
-                        "grace_seconds": int(rule.grace.total_seconds()),
-                    },
-                    row_source="events",
-                )
-            )
-        return findings
+        streaks = self.streaks(ctx, self._crons(rule, ctx), due_by, rule.grace, rule.max_runs)
+        # The longest silence first: the streak whose first missed run is oldest.
+        streaks.sort(key=lambda s: (s.silent_since, s.cron.id))
+        kept = streaks[: rule.max_groups]
+        newest = self._newest_fires(ctx, kept)
+        findings = [self._finding(rule, streak, newest.get(streak.cron.id)) for streak in kept]
+        return Found(findings, len(streaks))
+
+    def _newest_fires(self, ctx: EvalContext, streaks: list[Streak]) -> dict[str, tuple[datetime, str]]:
+        """Each cron's newest fire, which may be later than the run that last fired on
+        time (a late fire), looked for since that run (or the first missed run)."""
+        if not streaks:
+            return {}
+        since = min(s.last_fired or s.silent_since for s in streaks)
+        return newest_fires(ctx.conn, ctx.src, since, ctx.now, [s.cron.id for s in streaks])
+
+    def _finding(self, rule: CronMissedRule, streak: Streak, newest: tuple[datetime, str] | None) -> Finding:
+        cron = streak.cron
+        last_fired = newest[0] if newest else streak.last_fired
+        return Finding(
+            group={"cron_id": cron.id},
+            value=len(streak.runs),
+            threshold=">= 1",
+            details={
+                "cron_name": cron.name,
+                "agent_id": cron.agent_id,
+                "schedule": cron.schedule,
+                "timezone": cron.timezone,
+                "expected_at": streak.runs[0].isoformat(),
+                "missed_runs": [r.isoformat() for r in streak.runs[:MAX_LISTED_RUNS]],
+                "at_least": streak.at_least,
+                "last_fired": last_fired.isoformat() if last_fired else None,
+                "grace_seconds": int(rule.grace.total_seconds()),
+            },
+            row_ids=[newest[1]] if newest else [],
+            row_source="events",
+        )
 
     def _crons(self, rule: CronMissedRule, ctx: EvalContext) -> list[CronRow]:
         stmt = ctx.prepared(rule, (self.name, "crons"), lambda _moments: self._crons_statement(rule, ctx.src))
-        return [CronRow(*row) for row in ctx.execute(stmt)]
+        src = ctx.src
+        return [
+            CronRow(row.id, row.agent_id, row.name, row.schedule, row.timezone or "UTC",
+                    src.read_time(row.created_at) or _EARLIEST)
+            for row in ctx.execute(stmt)
+        ]
 
     def _crons_statement(self, rule: CronMissedRule, src: AuditSource) -> Select[Any]:
         crons = src.table("crons")
@@ -95,65 +129,90 @@ class CronMissed(RuleKind):
             crons.c.id, crons.c.agent_id, crons.c.name, crons.c.schedule, crons.c.timezone, crons.c.created_at
         ).where(crons.c.enabled.is_(True), where_clause(src, "crons", rule.where)).order_by(crons.c.id)
 
-    def _runs(self, cron: CronRow, due_by: datetime, limit: int) -> list[datetime]:
-        try:
-            return expected_runs(cron.schedule, cron.timezone or "UTC", due_by, cron.created_at, limit)
-        except (CronSimError, ValueError, KeyError) as exc:
-            log.warning("cron %s (%s) has an unusable schedule %r / time zone %r: %s",
-                        cron.id, cron.name, cron.schedule, cron.timezone, exc)
-            return []
+    # --- the streaks -------------------------------------------------------------------
 
-    def _fired_counts(
-        self, ctx: EvalContext, rule: CronMissedRule, runs: dict[str, list[datetime]]
-    ) -> dict[tuple[str, datetime], int]:
-        """{(cron id, expected run): cron.fired events within grace}, counted in SQL."""
-        pairs = [(cid, run) for cid, cron_runs in runs.items() for run in cron_runs]
-        if not pairs:
+    def streaks(self, ctx: EvalContext, crons: list[CronRow], due_by: datetime, grace: timedelta,
+                max_runs: int) -> list[Streak]:
+        """The crons whose latest run due by ``due_by`` did not fire, with their streaks."""
+        calendar = RunCalendar(due_by)
+        open_: dict[str, tuple[CronRow, ScheduleRuns]] = {}
+        for cron in crons:
+            try:
+                open_[cron.id] = (cron, calendar.runs(cron.schedule, cron.timezone))
+            except (CronSimError, ValueError, KeyError) as exc:
+                log.warning("cron %s (%s) has an unusable schedule %r / time zone %r: %s",
+                            cron.id, cron.name, cron.schedule, cron.timezone, exc)
+        found: list[Streak] = []
+        offset, size = 0, 1
+        while open_ and offset < max_runs:
+            take = min(size, max_runs - offset)
+            slices: dict[str, list[datetime]] = {}
+            for cron_id, (cron, runs) in list(open_.items()):
+                due = _since_created(runs.first(offset + take), cron)
+                if len(due) <= offset:  # no run before this slice since the cron was created
+                    del open_[cron_id]
+                    if offset:
+                        found.append(Streak(cron, due, None, at_least=False))
+                    continue
+                slices[cron_id] = due[offset:]
+            newest_fired = self._newest_fired(ctx, slices, grace, exact=offset == 0)
+            for cron_id, (index, fired_at) in newest_fired.items():
+                cron, runs = open_.pop(cron_id)
+                if offset + index:
+                    found.append(Streak(cron, _since_created(runs.first(offset + index), cron), fired_at, False))
+            offset += take
+            size *= SLICE_GROWTH
+        for cron, runs in open_.values():  # no fire within max_runs
+            due = _since_created(runs.first(max_runs), cron)
+            found.append(Streak(cron, due, None, at_least=len(due) == max_runs))
+        return found
+
+    def _newest_fired(self, ctx: EvalContext, slices: dict[str, list[datetime]], grace: timedelta,
+                      exact: bool) -> dict[str, tuple[int, datetime]]:
+        """{cron id: (index of its newest run in its slice that fired, the fire)}.
+
+        ``exact``: the fires themselves, matched with a bisect (the first slice, one
+        run per cron, where a cron's next fire often lies in another cron's window).
+        Otherwise each cron's newest fire inside the slice's windows (one row per
+        cron): when it lies within grace after one of the cron's runs, that run is
+        the newest that fired; when it does not (a late or unscheduled fire), that
+        cron's fires are read and matched one by one.
+        """
+        if not slices:
             return {}
-        src = ctx.src
-        per_run = fired_per_run(src, [(cid, run, run + rule.grace) for cid, run in pairs])
-        counts = {}
-        for row in ctx.conn.execute(select(per_run.c.cron_id, per_run.c.expected_at, per_run.c.fired)):
-            counts[(row.cron_id, src.read_time(row.expected_at))] = int(row.fired)
-        return counts
+        windows = merged_windows((run, run + grace) for runs in slices.values() for run in runs)
+        if exact:
+            return self._match(ctx, slices, windows, grace, list(slices))
+        newest: dict[str, tuple[int, datetime]] = {}
+        unclear = []
+        for cron_id, last in last_fires(ctx.conn, ctx.src, windows, list(slices)).items():
+            runs = slices[cron_id]
+            index = next((i for i, run in enumerate(runs) if run <= last), None)
+            if index is not None and last <= runs[index] + grace:
+                newest[cron_id] = (index, last)
+            else:
+                unclear.append(cron_id)
+        newest.update(self._match(ctx, slices, windows, grace, unclear))
+        return newest
 
-    def _last_fired(self, rule: CronMissedRule, ctx: EvalContext, cron_ids: list[str]) -> dict[str, str]:
-        src = ctx.src
-        stmt = ctx.prepared(rule, (self.name, "last fired"), lambda moments: self._last_fired_statement(src, moments))
-        rows = ctx.conn.execute(stmt.built, {**ctx.params(stmt), "cron_ids": cron_ids})
-        return {row.cron_id: src.read_time(row.last).isoformat() for row in rows}
-
-    def _last_fired_statement(self, src: AuditSource, moments: Moments) -> Select[Any]:
-        """The last fire of each cron in the bound list ``cron_ids``."""
-        events = src.table("events")
-        cron_id = src.json_text(events.c["metadata"], "cron_id")
-        return (
-            select(cron_id.label("cron_id"), func.max(src.time_value(events.c.created_at)).label("last"))
-            .where(
-                events.c.event_type == FIRED,
-                cron_id.in_(bindparam("cron_ids", expanding=True)),
-                src.at_or_before(events.c.created_at, moments.now),
-            )
-            .group_by(cron_id)
-        )
+    def _match(self, ctx: EvalContext, slices: dict[str, list[datetime]], windows: list[tuple[datetime, datetime]],
+               grace: timedelta, cron_ids: list[str]) -> dict[str, tuple[int, datetime]]:
+        matched: dict[str, tuple[int, datetime]] = {}
+        for cron_id, times in fire_times(ctx.conn, ctx.src, windows, cron_ids):
+            for index, run in enumerate(slices.get(cron_id, ())):
+                fired_at = fired_within(times, run, run + grace)
+                if fired_at is not None:
+                    matched[cron_id] = (index, fired_at)
+                    break
+        return matched
 
     def sample(self, rule: CronMissedRule, ctx: EvalContext, findings: list[Finding]) -> None:
-        """The evidence: the cron's last ``cron.fired`` events (when it last ran)."""
-        if not findings:
-            return
-        conditions = ctx.prepared(
-            rule, (self.name, "sample conditions"), lambda moments: self._fired_by_now(ctx.src, moments)
-        )
-        renamed = [Finding(group={"metadata.cron_id": f.group["cron_id"]}, value=f.value) for f in findings]
-        sample_rows(ctx, "events", ("metadata.cron_id",), conditions.built, renamed, limit=5,
-                    params=ctx.params(conditions))
-        for finding, sampled in zip(findings, renamed):
-            finding.row_ids = sampled.row_ids
-
-    def _fired_by_now(self, src: AuditSource, moments: Moments) -> ColumnElement[bool]:
-        events = src.table("events")
-        return and_(events.c.event_type == FIRED, src.at_or_before(events.c.created_at, moments.now))
+        """The evidence, the cron's newest ``cron.fired`` event, came with the finding."""
 
     def list_range(self, rule: CronMissedRule, now: datetime) -> tuple[datetime, datetime]:
         return now - timedelta(days=7), now
 
+
+def _since_created(runs: list[datetime], cron: CronRow) -> list[datetime]:
+    """The runs (newest first) at or after the cron's creation: none are expected before."""
+    return runs[: at_or_after(runs, cron.created_at)]
