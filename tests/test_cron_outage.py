@@ -83,7 +83,7 @@ def outage() -> Iterator[tuple[str, dict[str, int], dict[str, str | None]]]:
     fires = {c["id"]: fires_of(c) for c in crons}
     with temporary_postgres("aw_cron_outage") as url:
         src = AuditSource.from_url(url, readonly=False)
-        create_reference_tables(src.engine, src.tables)
+        create_reference_tables(src.engine)  # with the reference indexes
         created = NOW - HISTORY - timedelta(days=1)
         raw = src.engine.raw_connection()
         try:

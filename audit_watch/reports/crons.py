@@ -97,8 +97,8 @@ def _run_outcomes(conn: Connection, src: AuditSource, runs: dict[str, list[datet
     """{cron id: (missed, pending, first missed run, last missed run)}: the fires inside
     the runs' grace windows, matched to each run with a bisect."""
     outcome = {cron_id: _outcome(times, [], end, grace) for cron_id, times in runs.items() if times}
-    windows = merged_windows((t, t + grace) for times in runs.values() for t in times)
-    for cron_id, fires in fire_times(conn, src, windows, [c for c, times in runs.items() if times]):
+    windows = merged_windows((t, t + grace) for t in {t for times in runs.values() for t in times})
+    for cron_id, fires in fire_times(conn, src, windows, [c for c, times in runs.items() if times], stream=True):
         outcome[cron_id] = _outcome(runs[cron_id], fires, end, grace)
     return outcome
 

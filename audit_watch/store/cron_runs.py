@@ -26,7 +26,7 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 from cronsim import CronSim
-from sqlalchemy import ARRAY, Text, and_, any_, bindparam, func, literal, or_, select, text
+from sqlalchemy import Text, and_, func, literal, or_, select, text
 from sqlalchemy.engine import Connection
 from sqlalchemy.sql.elements import ColumnElement
 
@@ -132,17 +132,27 @@ def fired_within(times: Sequence[datetime], start: datetime, end: datetime) -> d
 # --- the statements --------------------------------------------------------------------
 
 
+def aware_time(src: AuditSource, value: Any) -> datetime | None:
+    """A time read from the store, as an aware datetime (as it comes from PostgreSQL:
+    thousands of fires need no conversion to compare)."""
+    if isinstance(value, datetime) and value.tzinfo is not None:
+        return value
+    return src.read_time(value)
+
+
 def _cron_key(src: AuditSource) -> ColumnElement[Any]:
     events = src.table("events")
     return src.json_text(events.c["metadata"], "cron_id")
 
 
 def _among(src: AuditSource, column: ColumnElement[Any], cron_ids: Sequence[str]) -> ColumnElement[bool]:
-    """``column`` is one of ``cron_ids``: one bound parameter, however many ids."""
+    """``column`` is one of ``cron_ids``: one bound JSON parameter, however many ids
+    (a JSON array is quicker to send than a text array of thousands)."""
     if src.dialect == "postgresql":
-        return column == any_(bindparam("cron_ids", list(cron_ids), type_=ARRAY(Text)))
-    ids = text("SELECT value FROM json_each(:cron_ids)").bindparams(cron_ids=json.dumps(list(cron_ids)))
-    return column.in_(ids.columns(value=Text))
+        each = "SELECT jsonb_array_elements_text(CAST(:cron_ids AS jsonb)) AS value"
+    else:
+        each = "SELECT value FROM json_each(:cron_ids)"
+    return column.in_(text(each).bindparams(cron_ids=json.dumps(list(cron_ids))).columns(value=Text))
 
 
 def _within(src: AuditSource, column: ColumnElement[Any], window: Window) -> ColumnElement[bool]:
@@ -166,10 +176,11 @@ def _fires_where(src: AuditSource, windows: Sequence[Window], cron_ids: Sequence
     ]
 
 
-def fire_times(conn: Connection, src: AuditSource, windows: Sequence[Window],
-               cron_ids: Sequence[str]) -> Iterator[tuple[str, list[datetime]]]:
-    """``(cron id, its fire times in the windows, sorted)`` per cron with any, streamed
-    one cron at a time (a month of fires of every cron need not be in memory at once)."""
+def fire_times(conn: Connection, src: AuditSource, windows: Sequence[Window], cron_ids: Sequence[str],
+               stream: bool = False) -> Iterator[tuple[str, list[datetime]]]:
+    """``(cron id, its fire times in the windows, sorted)`` per cron with any, one cron
+    at a time; ``stream``: fetched in batches (a month of fires of every cron need not
+    be in memory at once)."""
     if not windows or not cron_ids:
         return
     events = src.table("events")
@@ -178,13 +189,13 @@ def fire_times(conn: Connection, src: AuditSource, windows: Sequence[Window],
     stmt = select(key, at).where(*_fires_where(src, windows, cron_ids)).order_by(key, at)
     current: str | None = None
     times: list[datetime] = []
-    result = conn.execution_options(stream_results=True, yield_per=5000).execute(stmt)
-    for cron_id, value in result:
+    result = conn.execution_options(stream_results=True, yield_per=5000).execute(stmt) if stream else conn.execute(stmt)
+    for cron_id, value in result.tuples() if stream else result.all():
         if cron_id != current:
             if current is not None:
                 yield current, times
             current, times = cron_id, []
-        moment = src.read_time(value)
+        moment = aware_time(src, value)
         if moment is not None:
             times.append(moment)
     if current is not None:
@@ -204,8 +215,8 @@ def last_fires(conn: Connection, src: AuditSource, windows: Sequence[Window],
         .group_by(key)
     )
     found = {}
-    for cron_id, value in conn.execute(stmt):
-        moment = src.read_time(value)
+    for cron_id, value in conn.execute(stmt).all():
+        moment = aware_time(src, value)
         if moment is not None:
             found[cron_id] = moment
     return found

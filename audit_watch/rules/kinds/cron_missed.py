@@ -16,6 +16,7 @@ inside the slice's grace windows, never crons × runs.
 
 from __future__ import annotations
 
+import bisect
 import logging
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -31,6 +32,7 @@ from audit_watch.store.cron_runs import (
     RunCalendar,
     ScheduleRuns,
     at_or_after,
+    aware_time,
     fire_times,
     fired_within,
     last_fires,
@@ -47,7 +49,7 @@ MAX_LISTED_RUNS = 10
 _EARLIEST = datetime.min.replace(tzinfo=UTC)
 
 
-@dataclass
+@dataclass(slots=True)
 class CronRow:
     id: str
     agent_id: str
@@ -118,9 +120,8 @@ class CronMissed(RuleKind):
         stmt = ctx.prepared(rule, (self.name, "crons"), lambda _moments: self._crons_statement(rule, ctx.src))
         src = ctx.src
         return [
-            CronRow(row.id, row.agent_id, row.name, row.schedule, row.timezone or "UTC",
-                    src.read_time(row.created_at) or _EARLIEST)
-            for row in ctx.execute(stmt)
+            CronRow(cron_id, agent_id, name, schedule, zone or "UTC", aware_time(src, created) or _EARLIEST)
+            for cron_id, agent_id, name, schedule, zone, created in ctx.execute(stmt).all()
         ]
 
     def _crons_statement(self, rule: CronMissedRule, src: AuditSource) -> Select[Any]:
@@ -147,14 +148,20 @@ class CronMissed(RuleKind):
         while open_ and offset < max_runs:
             take = min(size, max_runs - offset)
             slices: dict[str, list[datetime]] = {}
+            # Per schedule: its runs up to this slice's end, and the slice (one list
+            # shared by every cron of the schedule created before its runs).
+            shared: dict[int, tuple[list[datetime], list[datetime]]] = {}
             for cron_id, (cron, runs) in list(open_.items()):
-                due = _since_created(runs.first(offset + take), cron)
-                if len(due) <= offset:  # no run before this slice since the cron was created
+                first, part = shared.get(id(runs)) or shared.setdefault(id(runs), _slice(runs, offset, take))
+                if first and first[-1] < cron.created_at:
+                    first = _since_created(first, cron)
+                    part = first[offset:]
+                if not part:  # no run before this slice since the cron was created
                     del open_[cron_id]
                     if offset:
-                        found.append(Streak(cron, due, None, at_least=False))
+                        found.append(Streak(cron, first, None, at_least=False))
                     continue
-                slices[cron_id] = due[offset:]
+                slices[cron_id] = part
             newest_fired = self._newest_fired(ctx, slices, grace, exact=offset == 0)
             for cron_id, (index, fired_at) in newest_fired.items():
                 cron, runs = open_.pop(cron_id)
@@ -180,15 +187,18 @@ class CronMissed(RuleKind):
         """
         if not slices:
             return {}
-        windows = merged_windows((run, run + grace) for runs in slices.values() for run in runs)
+        parts = {id(part): part for part in slices.values()}   # crons of one schedule share one
+        windows = merged_windows((run, run + grace) for run in {run for part in parts.values() for run in part})
         if exact:
             return self._match(ctx, slices, windows, grace, list(slices))
+        # Per slice, its runs as ascending keys: the newest run at or before t is a bisect.
+        keys = {key: [-run.timestamp() for run in part] for key, part in parts.items()}
         newest: dict[str, tuple[int, datetime]] = {}
         unclear = []
         for cron_id, last in last_fires(ctx.conn, ctx.src, windows, list(slices)).items():
-            runs = slices[cron_id]
-            index = next((i for i, run in enumerate(runs) if run <= last), None)
-            if index is not None and last <= runs[index] + grace:
+            part = slices[cron_id]
+            index = bisect.bisect_left(keys[id(part)], -last.timestamp())
+            if index < len(part) and last <= part[index] + grace:
                 newest[cron_id] = (index, last)
             else:
                 unclear.append(cron_id)
@@ -213,6 +223,13 @@ class CronMissed(RuleKind):
         return now - timedelta(days=7), now
 
 
+def _slice(runs: ScheduleRuns, offset: int, take: int) -> tuple[list[datetime], list[datetime]]:
+    first = runs.first(offset + take)
+    return first, first[offset:]
+
+
 def _since_created(runs: list[datetime], cron: CronRow) -> list[datetime]:
     """The runs (newest first) at or after the cron's creation: none are expected before."""
+    if not runs or runs[-1] >= cron.created_at:
+        return runs
     return runs[: at_or_after(runs, cron.created_at)]
