@@ -26,7 +26,7 @@ from audit_watch.store.schema import create_reference_tables
 from audit_watch.store.source import AuditSource
 
 from conftest import NOW
-from test_state import make_alert, make_rule, state, state_url  # noqa: F401  (fixtures)
+from test_state import make_alert, make_rule, state, state_url
 
 AGENTS = [f"a{i}" for i in range(1, 6)]
 
@@ -197,7 +197,7 @@ def test_an_incomplete_evaluation_holds_the_alerts_below_the_cut() -> None:
     assert resolved == {"a2", "a3"}
 
 
-def test_alerts_shows_the_rule_total(state: StateStore) -> None:  # noqa: F811
+def test_alerts_shows_the_rule_total(state: StateStore) -> None:
     config = Config.model_validate({"channels": {"archive": {"type": "file", "path": "/nonexistent"}}})
     rule = make_rule(notify=[])
     alerts = [make_alert(f"a{i}", firing_groups=3000, tracked_groups=2) for i in (1, 2)]

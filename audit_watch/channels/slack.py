@@ -89,22 +89,22 @@ class SlackBotChannel(Channel):
         payload = notification.payload
         ref = dict(notification.remote_ref or {})
         parent = notification.parent_ref if notification.parent_ref and notification.parent_ref.get("ts") else None
-        in_thread = parent is not None and notification.kind != "firing"
+        thread = parent if notification.kind != "firing" else None   # repeats and resolutions reply
         try:
             if "ts" not in ref:
                 args: dict[str, Any] = {
-                    "channel": parent["channel"] if in_thread else self.config.channel,
+                    "channel": thread["channel"] if thread else self.config.channel,
                     "text": payload["text"], "blocks": payload["blocks"],
                     "unfurl_links": False, "unfurl_media": False,
                 }
-                if in_thread:
-                    args["thread_ts"] = parent["ts"]
+                if thread:
+                    args["thread_ts"] = thread["ts"]
                 response = self.client.chat_postMessage(**args)
                 ref = {"channel": response["channel"], "ts": response["ts"]}
-                if in_thread:
-                    ref["thread_ts"] = parent["ts"]
-            if in_thread and notification.kind == "resolved" and payload.get("update") and "updated" not in ref:
-                return self._update_root(notification, parent, ref)
+                if thread:
+                    ref["thread_ts"] = thread["ts"]
+            if thread and notification.kind == "resolved" and payload.get("update") and "updated" not in ref:
+                return self._update_root(notification, thread, ref)
         except SlackApiError as exc:
             return classify_api_error(self.name, exc, ref or None)
         except Exception as exc:  # noqa: BLE001 - connection errors, timeouts: try again later

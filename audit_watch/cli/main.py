@@ -331,7 +331,7 @@ def alerts(settings: Settings, as_json: bool, outbox: bool, active: bool) -> Non
 def _plain(item: Any) -> Any:
     import dataclasses
 
-    return dataclasses.asdict(item) if dataclasses.is_dataclass(item) else item
+    return dataclasses.asdict(item) if dataclasses.is_dataclass(item) and not isinstance(item, type) else item
 
 
 @main.group()

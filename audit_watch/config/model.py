@@ -230,7 +230,7 @@ def _child(node: Any, part: Any) -> Any:
     return None
 
 
-def _friendly_message(item: dict[str, Any]) -> str:
+def _friendly_message(item: Any) -> str:  # a pydantic ErrorDetails
     kind = item["type"]
     if kind == "extra_forbidden":
         return "unknown key (check the spelling; see rules.md for the keys)"
@@ -277,13 +277,14 @@ def read_config(
         doc = load_yaml(path)
     except InputError as exc:
         return None, exc.problems
-    base = {"base_dir": path.resolve().parent, "file": str(path)}
+    base_dir = path.resolve().parent
+    base: dict[str, Any] = {"base_dir": base_dir, "file": str(path)}
     if doc.data is None:
-        return Config(**base), []
+        return Config(base_dir=base_dir, file=str(path)), []
     if not isinstance(doc.data, dict):
         return None, [doc.problem((), "the configuration must be a mapping of keys")]
     problems = interpolate_env(doc, environ)
-    data = _anchor_sqlite_urls(doc.data, base["base_dir"])
+    data = _anchor_sqlite_urls(doc.data, base_dir)
     try:
         return Config.model_validate({**data, **base}), problems
     except ValidationError as exc:

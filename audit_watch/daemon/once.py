@@ -73,7 +73,7 @@ def once_summary(now: datetime, outcomes: list[TickOutcome], reports: list[Repor
     kept as dead). ``also_queued``: notifications of the built-in checks."""
     count = {status: sum(1 for o in outcomes if o.status == status)
              for status in (ledger.OK, ledger.ERROR, ledger.HELD, ELSEWHERE)}
-    queued = sum(len(o.queued) for o in [*outcomes, *reports]) + also_queued
+    queued = sum(len(o.queued) for o in outcomes) + sum(len(r.queued) for r in reports) + also_queued
     lines = [
         f"run --once at {now.isoformat()}: {len(outcomes)} rules; evaluated {count[ledger.OK]}, failed "
         f"{count[ledger.ERROR]}, held {count[ledger.HELD]}, already evaluated at this tick {count[ELSEWHERE]}; "

@@ -142,8 +142,10 @@ class StateCollector(Collector):
         up = GaugeMetricFamily("audit_watch_state_up", "1 when the state database answered the last scrape.")
         try:
             with self.state().read() as conn:
-                alerts = dict(conn.execute(select(alert_states.c.state, func.count()).group_by(alert_states.c.state)).all())
-                queued = dict(conn.execute(select(outbox.c.status, func.count()).group_by(outbox.c.status)).all())
+                by_state = select(alert_states.c.state, func.count()).group_by(alert_states.c.state)
+                alerts: dict[str, int] = {state: count for state, count in conn.execute(by_state)}
+                by_status = select(outbox.c.status, func.count()).group_by(outbox.c.status)
+                queued: dict[str, int] = {status: count for status, count in conn.execute(by_status)}
         except Exception as exc:  # noqa: BLE001 - a scrape must answer even with the database gone
             log.warning("metrics: state database unavailable: %s", short_error(exc))
             up.add_metric([], 0)
@@ -254,7 +256,7 @@ class OpsServer:
     @property
     def address(self) -> str:
         host, port = self.server.server_address[:2]
-        return f"{host}:{port}"
+        return f"{host!s}:{port}"
 
     def start(self) -> OpsServer:
         self.thread.start()

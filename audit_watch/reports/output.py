@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from email.message import EmailMessage
 from pathlib import Path
-from typing import Any
+from typing import Any, overload
 
 from audit_watch.channels.messages import email_fields
 from audit_watch.reports.periods import Period
@@ -81,6 +81,12 @@ def file_basename(name: str, scope: ResolvedScope, period: Period) -> str:
 
 def _slug(text: str) -> str:
     return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")[:60] or "scope"
+
+
+@overload
+def write_report(result: ReportResult, fmt: str = ..., out: None = None) -> str: ...
+@overload
+def write_report(result: ReportResult, fmt: str, out: str | Path) -> list[Path]: ...
 
 
 def write_report(result: ReportResult, fmt: str = "text", out: str | Path | None = None) -> str | list[Path]:

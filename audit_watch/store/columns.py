@@ -26,7 +26,7 @@ def real_columns(table: str) -> list[str]:
 
 def is_json_key(table: str, name: str) -> bool:
     prefix = JSON_COLUMN.get(table)
-    return bool(prefix) and name.startswith(prefix + ".") and len(name) > len(prefix) + 1
+    return prefix is not None and name.startswith(prefix + ".") and len(name) > len(prefix) + 1
 
 
 def column_problem(table: str, name: str, numeric: bool = False) -> str | None:

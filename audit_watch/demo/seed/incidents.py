@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from typing import Any
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from zoneinfo import ZoneInfo
@@ -213,7 +214,8 @@ def planted_events(world: World, end: datetime, make_id: Callable[[int], str],
     e = epoch(_utc(end))
     actor, promoted = world.users[SENSITIVE_ACTOR], world.users[PROMOTED_USER]
     team = world.teams[actor.teams[0]].id
-    items = [(e - ACTOR_LOGIN, "auth.login", "info", f"{actor.name} signed in", {"ip": NEW_IP},
+    # (offset, type, severity, description, metadata, agent id, user id, team id)
+    items: list[tuple[int, str, str, str, dict[str, Any], str | None, str | None, str]] = [(e - ACTOR_LOGIN, "auth.login", "info", f"{actor.name} signed in", {"ip": NEW_IP},
               None, actor.id, team)]
     role_at, cred_at, *edit_at = SENSITIVE_AT
     items.append((e - role_at, "user.role_changed", "warning",

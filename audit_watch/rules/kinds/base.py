@@ -40,6 +40,7 @@ MAX_SAMPLED_GROUPS = 200
 FIRING_TOTAL = "firing_total"   # the column with the number of firing groups in all
 
 _Built = TypeVar("_Built")
+_Built_co = TypeVar("_Built_co", covariant=True)  # a prepared Select is a prepared Executable
 
 
 class Moments:
@@ -61,10 +62,10 @@ class Moments:
 
 
 @dataclass(frozen=True)
-class Prepared(Generic[_Built]):
+class Prepared(Generic[_Built_co]):
     """What a builder made once for a rule (a statement or a clause), with the moments it binds."""
 
-    built: _Built
+    built: _Built_co
     moments: tuple[Moment, ...]
 
 

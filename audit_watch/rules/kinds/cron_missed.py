@@ -121,7 +121,7 @@ class CronMissed(RuleKind):
         src = ctx.src
         return [
             CronRow(cron_id, agent_id, name, schedule, zone or "UTC", aware_time(src, created) or _EARLIEST)
-            for cron_id, agent_id, name, schedule, zone, created in ctx.execute(stmt).all()
+            for cron_id, agent_id, name, schedule, zone, created in ctx.execute(stmt).tuples()
         ]
 
     def _crons_statement(self, rule: CronMissedRule, src: AuditSource) -> Select[Any]:
