@@ -119,10 +119,11 @@ class CronMissed(RuleKind):
     def _crons(self, rule: CronMissedRule, ctx: EvalContext) -> list[CronRow]:
         stmt = ctx.prepared(rule, (self.name, "crons"), lambda _moments: self._crons_statement(rule, ctx.src))
         src = ctx.src
-        return [
-            CronRow(cron_id, agent_id, name, schedule, zone or "UTC", aware_time(src, created) or _EARLIEST)
-            for cron_id, agent_id, name, schedule, zone, created in ctx.execute(stmt).tuples()
-        ]
+        crons = []
+        for row in ctx.execute(stmt).all():
+            cron_id, agent_id, name, schedule, zone, created = tuple(row)
+            crons.append(CronRow(cron_id, agent_id, name, schedule, zone or "UTC", aware_time(src, created) or _EARLIEST))
+        return crons
 
     def _crons_statement(self, rule: CronMissedRule, src: AuditSource) -> Select[Any]:
         crons = src.table("crons")
