@@ -20,13 +20,13 @@ from __future__ import annotations
 
 import bisect
 import json
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
 
 from cronsim import CronSim
-from sqlalchemy import Text, and_, func, literal, or_, select, text
+from sqlalchemy import DateTime, Float, Text, and_, exists, func, literal, or_, select, text
 from sqlalchemy.engine import Connection
 from sqlalchemy.sql.elements import ColumnElement
 
@@ -176,6 +176,58 @@ def _fires_where(src: AuditSource, windows: Sequence[Window], cron_ids: Sequence
     ]
 
 
+def unfired(conn: Connection, src: AuditSource, runs: Mapping[str, datetime], grace: timedelta) -> set[str]:
+    """The crons of ``runs`` (cron id: one run each) without a fire within ``grace``
+    after their run: one anti join, per cron, inside the database.
+
+    The fires inside the runs' windows are read once (a materialised CTE, hashed by
+    cron) and the runs arrive as one JSON parameter; only the crons that did not
+    fire come back, so a healthy fleet costs one statement that returns nothing.
+    """
+    if not runs:
+        return set()
+    events = src.table("events")
+    windows = merged_windows((run, run + grace) for run in set(runs.values()))
+    fires = (
+        select(_cron_key(src).label("cron_id"), src.time_value(events.c.created_at).label("at"))
+        .where(events.c.event_type == FIRED, or_(*(_within(src, events.c.created_at, w) for w in windows)))
+        .cte("fires")
+        .prefix_with("MATERIALIZED")
+    )
+    expected = _runs_table(src, runs, grace)
+    stmt = select(expected.c.cron_id).where(
+        ~exists().where(
+            fires.c.cron_id == expected.c.cron_id, fires.c.at >= expected.c.start, fires.c.at <= expected.c.until
+        )
+    )
+    return set(conn.execute(stmt).scalars().all())
+
+
+def _runs_table(src: AuditSource, runs: Mapping[str, datetime], grace: timedelta) -> Any:
+    """(cron_id, start, until) rows, a run and its grace, from one bound JSON parameter;
+    the times comparable with ``src.time_value`` of a time column."""
+    if src.dialect == "postgresql":
+        text_of = {run: (run.isoformat(), (run + grace).isoformat()) for run in set(runs.values())}
+        payload = json.dumps([{"c": c, "s": text_of[run][0], "u": text_of[run][1]} for c, run in runs.items()])
+        return (
+            text("SELECT r.c AS cron_id, r.s AS start, r.u AS until "
+                 "FROM jsonb_to_recordset(CAST(:runs AS jsonb)) AS r(c text, s timestamptz, u timestamptz)")
+            .bindparams(runs=payload)
+            .columns(cron_id=Text, start=DateTime(timezone=True), until=DateTime(timezone=True))
+            .subquery("expected")
+        )
+    fmt = "%Y-%m-%d %H:%M:%S.%f"
+    text_of = {run: (as_utc(run).strftime(fmt), as_utc(run + grace).strftime(fmt)) for run in set(runs.values())}
+    payload = json.dumps([{"c": c, "s": text_of[run][0], "u": text_of[run][1]} for c, run in runs.items()])
+    return (
+        text("SELECT json_extract(value, '$.c') AS cron_id, julianday(json_extract(value, '$.s')) AS start, "
+             "julianday(json_extract(value, '$.u')) AS until FROM json_each(:runs)")
+        .bindparams(runs=payload)
+        .columns(cron_id=Text, start=Float, until=Float)
+        .subquery("expected")
+    )
+
+
 def fire_times(conn: Connection, src: AuditSource, windows: Sequence[Window], cron_ids: Sequence[str],
                stream: bool = False) -> Iterator[tuple[str, list[datetime]]]:
     """``(cron id, its fire times in the windows, sorted)`` per cron with any, one cron
@@ -190,7 +242,7 @@ def fire_times(conn: Connection, src: AuditSource, windows: Sequence[Window], cr
     current: str | None = None
     times: list[datetime] = []
     result = conn.execution_options(stream_results=True, yield_per=5000).execute(stmt) if stream else conn.execute(stmt)
-    for cron_id, value in result.tuples() if stream else result.all():
+    for cron_id, value in result if stream else result.all():
         if cron_id != current:
             if current is not None:
                 yield current, times

@@ -38,6 +38,7 @@ from audit_watch.store.cron_runs import (
     last_fires,
     merged_windows,
     newest_fires,
+    unfired,
 )
 from audit_watch.store.source import AuditSource
 from audit_watch.store.where import where_clause
@@ -164,10 +165,13 @@ class CronMissed(RuleKind):
                     continue
                 slices[cron_id] = part
             newest_fired = self._newest_fired(ctx, slices, grace, exact=offset == 0)
+            missed: dict[tuple[int, int], list[datetime]] = {}   # per schedule and count: the missed runs
             for cron_id, (index, fired_at) in newest_fired.items():
                 cron, runs = open_.pop(cron_id)
                 if offset + index:
-                    found.append(Streak(cron, _since_created(runs.first(offset + index), cron), fired_at, False))
+                    key = (id(runs), offset + index)
+                    due = missed.get(key) or missed.setdefault(key, runs.first(offset + index))
+                    found.append(Streak(cron, _since_created(due, cron), fired_at, False))
             offset += take
             size *= SLICE_GROWTH
         for cron, runs in open_.values():  # no fire within max_runs
@@ -179,19 +183,21 @@ class CronMissed(RuleKind):
                       exact: bool) -> dict[str, tuple[int, datetime]]:
         """{cron id: (index of its newest run in its slice that fired, the fire)}.
 
-        ``exact``: the fires themselves, matched with a bisect (the first slice, one
-        run per cron, where a cron's next fire often lies in another cron's window).
-        Otherwise each cron's newest fire inside the slice's windows (one row per
-        cron): when it lies within grace after one of the cron's runs, that run is
-        the newest that fired; when it does not (a late or unscheduled fire), that
-        cron's fires are read and matched one by one.
+        ``exact`` (the first slice, one run per cron): an anti join in the database
+        names the crons whose run did not fire; the others are done (their fire is not
+        needed). Otherwise each open cron's newest fire inside the slice's windows
+        (one row per cron): when it lies within grace after one of the cron's runs,
+        that run is the newest that fired; when it does not (a late or unscheduled
+        fire inside another cron's window), that cron's fires are read and matched one
+        by one.
         """
         if not slices:
             return {}
+        if exact:
+            missed = unfired(ctx.conn, ctx.src, {cron_id: part[0] for cron_id, part in slices.items()}, grace)
+            return {cron_id: (0, part[0]) for cron_id, part in slices.items() if cron_id not in missed}
         parts = {id(part): part for part in slices.values()}   # crons of one schedule share one
         windows = merged_windows((run, run + grace) for run in {run for part in parts.values() for run in part})
-        if exact:
-            return self._match(ctx, slices, windows, grace, list(slices))
         # Per slice, its runs as ascending keys: the newest run at or before t is a bisect.
         keys = {key: [-run.timestamp() for run in part] for key, part in parts.items()}
         newest: dict[str, tuple[int, datetime]] = {}
