@@ -8,12 +8,14 @@ that share a schedule and a time zone share its runs: :class:`RunCalendar` walks
 each schedule once per evaluation, only as far back as asked.
 
 A run *fired* when a ``cron.fired`` event of its cron lies within ``grace`` after
-it. Cron maths has no SQL, so the runs stay in Python; the database is asked only
-for the fires inside the runs' grace windows (merged into at most
+it. Cron maths has no SQL, so the runs are computed in Python; the database reads
+only the fires inside the runs' grace windows (merged into at most
 :data:`MAX_WINDOWS` time ranges, each an index range scan on
-``(event_type, created_at)``), and the matching of fires to runs is a bisect per
-cron. The cost grows with the number of fires inside those windows, not with
-crons × runs: thousands of crons that stop at once are a few statements.
+``(event_type, created_at)``) and matches them per cron: an anti join for one run
+per cron (:func:`unfired`), each cron's newest fire (:func:`last_fires`), or the
+fires themselves for a bisect per run (:func:`fire_times`). The cost grows with the
+number of fires inside those windows, not with crons × runs: thousands of crons
+that stop at once are a few statements.
 """
 
 from __future__ import annotations

@@ -6,9 +6,9 @@ run due (at least ``grace`` ago) to the newest run that fired, at most
 walked once per evaluation, however many crons share it).
 
 The streaks are found in slices of runs, newest first, for the crons whose
-streak is still open: the latest run of every cron (one statement returning the
-fires in those runs' grace windows, matched per cron with a bisect), then the 8
-runs before it, then the 64 before those, ... up to ``max_runs`` (one aggregate
+streak is still open: the latest run of every cron (one anti join in the database
+names the crons whose run did not fire: a healthy fleet returns nothing), then the
+8 runs before it, then the 64 before those, ... up to ``max_runs`` (one aggregate
 statement per slice: each open cron's newest fire inside the slice's windows).
 A fleet that stopped a few runs ago takes two statements; each reads the fires
 inside the slice's grace windows, never crons × runs.
