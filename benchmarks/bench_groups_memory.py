@@ -35,7 +35,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from results import load_average, replace_section  # noqa: E402
+from results import load_average, replace_section, settle  # noqa: E402
 
 from audit_watch.store.schema import create_reference_tables  # noqa: E402
 from audit_watch.store.source import AuditSource  # noqa: E402
@@ -157,10 +157,13 @@ def main() -> int:
     parser.add_argument("--before", default="/work/main/.venv/bin/audit-watch" if Path(
         "/work/main/.venv/bin/audit-watch").exists() else None, help="another checkout's audit-watch to compare")
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "RESULTS.md"))
+    parser.add_argument("--max-load", type=float, default=2.0, help="wait for the 1-minute load average to fall to this")
+    parser.add_argument("--load-wait", type=float, default=900, help="seconds to wait for it at most")
     args = parser.parse_args()
 
     built = build_store(args.url, args.groups)
     now = built + timedelta(minutes=1)
+    settle(args.max_load, args.load_wait)
     load_before = load_average()
     rows = []
     for label, max_groups in (("default (1,000)", None), ("10,000 (the ceiling)", 10_000)):

@@ -43,7 +43,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from results import load_average, replace_section  # noqa: E402
+from results import load_average, replace_section, settle  # noqa: E402
 
 from audit_watch.demo.seed import read_seed_end, seed_database  # noqa: E402
 from audit_watch.rules.evaluate import evaluate_rule  # noqa: E402
@@ -193,8 +193,10 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--url", default=f"{SERVER}/aw_bench10m", help="the 10-million-job store (new_value)")
     parser.add_argument("--crons-url", default=f"{SERVER}/aw_bench_crons")
-    parser.add_argument("--repeat", type=int, default=7)
+    parser.add_argument("--repeat", type=int, default=11)
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "RESULTS.md"))
+    parser.add_argument("--max-load", type=float, default=2.0, help="wait for the 1-minute load average to fall to this")
+    parser.add_argument("--load-wait", type=float, default=900, help="seconds to wait for it at most")
     args = parser.parse_args()
 
     if ensure_database(args.crons_url) or not cron_store_ready(args.crons_url):
@@ -204,6 +206,7 @@ def main() -> int:
         print(f"seeding {args.url} at scale 30 ...", flush=True)
         seed_database(args.url, days=30, seed=42, scale=30, progress=True)
 
+    settle(args.max_load, args.load_wait)
     load_before = load_average()
     rows: list[str] = []
     ok = True

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import time
 from pathlib import Path
 
 
@@ -24,3 +25,13 @@ def replace_section(path: Path, title: str, body: list[str]) -> None:
 def load_average() -> str:
     one, five, fifteen = os.getloadavg()
     return f"{one:.2f} / {five:.2f} / {fifteen:.2f}"
+
+
+def settle(max_load: float, wait: float) -> float:
+    """Wait up to ``wait`` seconds for the 1-minute load average to fall to ``max_load``
+    (other work on a small machine skews the figures); returns the load then."""
+    started = time.monotonic()
+    while os.getloadavg()[0] > max_load and time.monotonic() - started < wait:
+        print(f"  load average {os.getloadavg()[0]:.2f} > {max_load:g}, waiting ...", flush=True)
+        time.sleep(15)
+    return os.getloadavg()[0]

@@ -104,6 +104,13 @@ def _run_outcomes(conn: Connection, src: AuditSource, runs: dict[str, list[datet
 
 
 def _outcome(runs: list[datetime], fires: list[datetime], end: datetime, grace: timedelta) -> Outcome:
-    missed = [run for run in runs if run + grace <= end and fired_within(fires, run, run + grace) is None]
-    pending = sum(1 for run in runs if run + grace > end and fired_within(fires, run, run + grace) is None)
+    missed: list[datetime] = []
+    pending = 0
+    for run in runs:
+        if fires and fired_within(fires, run, run + grace) is not None:
+            continue
+        if run + grace <= end:
+            missed.append(run)
+        else:
+            pending += 1
     return len(missed), pending, min(missed, default=None), max(missed, default=None)
