@@ -32,8 +32,9 @@ from audit_watch.alerting.pipeline import alerts_table, process
 from audit_watch.alerting.state import StateStore, outbox
 from audit_watch.channels.render import Renderer
 from audit_watch.config.model import Config
+from audit_watch.core.outcomes import RunOutcome
 from audit_watch.daemon import ledger
-from audit_watch.daemon.context import ELSEWHERE, TickContext
+from audit_watch.daemon.context import TickContext
 from audit_watch.daemon.freshness import FRESHNESS_RULE, FreshnessWatch, fires_on_silence, update_freshness_alert
 from audit_watch.daemon.once import run_once
 from audit_watch.daemon.runtime import watch_snapshot
@@ -91,8 +92,8 @@ def test_a_tick_is_evaluated_by_the_replica_that_claims_it(store: AuditSource, i
     clock = Clock(T0 + timedelta(milliseconds=400))
     first = run_rule_tick(context(store, state, tmp_path, clock, "r1"), rule(), T0)
     second = run_rule_tick(context(store, state, tmp_path, clock, "r2"), rule(), T0)
-    assert first.status == ledger.OK and len(first.evaluation.alerts) == 1 and len(first.queued) == 1
-    assert second.status == ELSEWHERE and second.evaluation is None
+    assert first.status == RunOutcome.OK and len(first.evaluation.alerts) == 1 and len(first.queued) == 1
+    assert second.status == RunOutcome.ELSEWHERE and second.evaluation is None
     [row] = ledger.history(state, "failed-jobs")
     assert (row.replica, row.status, row.alerts, row.scheduled_for) == ("r1", "ok", 1, T0)
     assert first.evaluation.now == T0          # the tick, not the (later) clock
@@ -120,7 +121,7 @@ def test_a_failing_rule_alerts_after_n_errors_and_resolves_when_it_works_again(
         payload = conn.execute(select(outbox.c.payload)).scalar_one()
     assert "failed 3 times in a row since 2026-11-20 12:00:00 UTC" in payload["text"]
     recovered = run_rule_tick(good, rule(), T0 + timedelta(minutes=4))
-    assert recovered.status == ledger.OK and recovered.errors_in_a_row == 0 and len(recovered.queued) == 1
+    assert recovered.status == RunOutcome.OK and recovered.errors_in_a_row == 0 and len(recovered.queued) == 1
     assert titles(state)[-1] == "resolved: audit-watch: rule failed-jobs failing"
     assert run_rule_tick(good, rule(), T0 + timedelta(minutes=5)).queued == []
 
@@ -137,8 +138,8 @@ def test_a_silent_store_raises_one_alert_and_holds_the_rules_that_fire_on_silenc
     reading = watch.observe(store, T0)
     assert reading.silent and reading.newest == T0 - timedelta(hours=3)
     assert watch.hold(absence) and not watch.hold(rule())
-    assert run_rule_tick(ctx, absence, T0).status == ledger.HELD
-    assert run_rule_tick(ctx, rule(), T0).status == ledger.OK
+    assert run_rule_tick(ctx, absence, T0).status == RunOutcome.HELD
+    assert run_rule_tick(ctx, rule(), T0).status == RunOutcome.OK
     assert len(update_freshness_alert(ctx, reading, T0, [absence, rule()])) == 1
     with state.read() as conn:
         text_ = conn.execute(select(outbox.c.payload)).scalar_one()["text"]

@@ -51,6 +51,7 @@ from audit_watch.channels.render import Renderer, mrkdwn_escape
 from audit_watch.channels.settings import SlackChannel
 from audit_watch.config.model import Config
 from audit_watch.core.errors import short_error
+from audit_watch.core.outcomes import DeliveryOutcome
 from audit_watch.rules.evaluate import Evaluation
 
 log = logging.getLogger(__name__)
@@ -88,15 +89,15 @@ class DeliverySummary:
 
     @property
     def delivered(self) -> int:
-        return self._count("delivered")
+        return self._count(DeliveryOutcome.DELIVERED)
 
     @property
     def retrying(self) -> int:
-        return self._count("retrying")
+        return self._count(DeliveryOutcome.RETRYING)
 
     @property
     def dead(self) -> int:
-        return self._count("dead")
+        return self._count(DeliveryOutcome.DEAD)
 
 
 @dataclass(frozen=True)

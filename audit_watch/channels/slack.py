@@ -28,7 +28,9 @@ from audit_watch.core.errors import short_error
 
 log = logging.getLogger(__name__)
 
-# Errors that the same request will always get again: fix the config, then requeue.
+# Errors that the same request will always get again: the notification is kept as dead at once
+# (`alerts --outbox` shows it with its hint) and is not sent again; after the config is fixed, the
+# alert's next notification (a repeat, its resolution) goes out.
 PERMANENT_ERRORS = frozenset({
     "invalid_auth", "not_authed", "account_inactive", "token_revoked", "token_expired", "no_permission",
     "missing_scope", "channel_not_found", "not_in_channel", "is_archived", "restricted_action",

@@ -1,6 +1,6 @@
 """The ``audit-watch`` command line: thin commands over the pipeline modules.
 
-Exit codes (rules.md): 0 ok, 1 a failed check or expectation, 2 bad usage or input.
+Exit codes (README.md, Commands): 0 ok, 1 a failed check or expectation, 2 bad usage or input.
 The clock is read once, here, when ``--now`` is not given.
 """
 
@@ -21,6 +21,7 @@ from sqlalchemy.exc import OperationalError
 from audit_watch import __version__
 from audit_watch.config.model import Config, load_config
 from audit_watch.core.durations import parse_duration
+from audit_watch.core.outcomes import OutboxStatus
 from audit_watch.core.timestamps import parse_timestamp
 from audit_watch.core.yaml_source import InputError
 
@@ -403,9 +404,6 @@ def silence_expire(settings: Settings, silence_id: int, now: datetime | None) ->
 # --- reports and export ----------------------------------------------------------------
 
 
-REPORT_CHOICES = ("weekly-digest", "compliance", "token-usage", "triage")
-
-
 @main.command()
 @click.argument("name")
 @click.option("--user", help="Scope: a user, by email (compliance).")
@@ -495,12 +493,12 @@ def _deliver_report(config: Config, result: Any, channels: tuple[str, ...], now:
     dead = False
     for row in rows:
         head = f"{result.name} to {row.channel}"
-        if row.status == "delivered":
+        if row.status == OutboxStatus.DELIVERED:
             click.echo(f"{head}: delivered", err=True)
-        elif row.status == "dead":
+        elif row.status == OutboxStatus.DEAD:
             dead = True
             click.echo(f"{head}: dead: {row.last_error}", err=True)
-        elif row.status == "retrying":
+        elif row.status == OutboxStatus.RETRYING:
             click.echo(f"{head}: retrying at {row.next_attempt_at:%Y-%m-%d %H:%M:%S} UTC ({row.last_error}); "
                        "the outbox keeps it: `audit-watch run` delivers it later", err=True)
         else:  # queued or sending: another audit-watch is delivering it

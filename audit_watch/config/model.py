@@ -233,7 +233,7 @@ def _child(node: Any, part: Any) -> Any:
 def _friendly_message(item: Any) -> str:  # a pydantic ErrorDetails
     kind = item["type"]
     if kind == "extra_forbidden":
-        return "unknown key (check the spelling; see rules.md for the keys)"
+        return "unknown key (check the spelling; README.md lists the keys)"
     if kind == "missing":
         return "required key is missing"
     if kind == "union_tag_invalid":

@@ -2,8 +2,9 @@
 
 When the pipe from Auxot breaks, every rule that fires on *missing* rows
 (absence, cron_missed, a spike downwards, "fewer than N") would fire at once.
-Instead, the daemon checks the newest row of the configured tables every few
-seconds; once nothing has arrived for ``max_silence`` it raises one alert
+Instead, the daemon checks the newest row of the configured tables every tenth
+of ``max_silence`` (at least a second and at most a minute apart: every minute
+with the default 2h); once nothing has arrived for ``max_silence`` it raises one alert
 ("audit store silent since ...") and holds those rules (they are not evaluated,
 their states stay as they were) until rows arrive again.
 """
@@ -20,6 +21,7 @@ from sqlalchemy import func, select
 from audit_watch.config.model import FreshnessConfig
 from audit_watch.core.durations import format_duration
 from audit_watch.core.errors import short_error
+from audit_watch.core.outcomes import RunStatus
 from audit_watch.daemon import ledger
 from audit_watch.daemon.context import TickContext
 from audit_watch.daemon.self_alerts import BUILTIN_PREFIX, builtin_alert, builtin_rule, has_open_alert, process_builtin
@@ -153,5 +155,5 @@ def freshness_tick(ctx: TickContext, watch: FreshnessWatch, tick: datetime,
     if not ledger.claim(ctx.state, FRESHNESS_JOB, tick, ctx.replica, ctx.clock()):
         return reading, []
     queued = update_freshness_alert(ctx, reading, tick, rules)
-    ledger.finish(ctx.state, FRESHNESS_JOB, tick, ctx.replica, ledger.OK, ctx.clock())
+    ledger.finish(ctx.state, FRESHNESS_JOB, tick, ctx.replica, RunStatus.OK, ctx.clock())
     return reading, queued

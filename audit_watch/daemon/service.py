@@ -36,6 +36,7 @@ from audit_watch.alerting.state import StateStore
 from audit_watch.config.model import read_config
 from audit_watch.core.errors import short_error
 from audit_watch.core.logs import configure_logging
+from audit_watch.core.outcomes import HeartbeatResult, TickResult
 from audit_watch.daemon import ledger
 from audit_watch.daemon.context import REPLICA_HEARTBEAT, utc_now
 from audit_watch.daemon.freshness import FreshnessWatch, check_every, freshness_tick
@@ -242,11 +243,11 @@ class Daemon:
             due = tick or scheduled_time() or latest_tick(trigger, self.clock())
             tick = due if claimed else max(due, latest_tick(trigger, self.clock()))
             if tick > due:                     # started after a newer tick was due: evaluate that one
-                self.metrics.ticks.labels("late").inc()
+                self.metrics.ticks.labels(TickResult.LATE).inc()
             try:
                 outcome = run_rule_tick(runtime.ctx, rule, tick, claimed=claimed)
             except Exception as exc:  # noqa: BLE001 - the state database: retried next tick
-                self.metrics.ticks.labels("failed").inc()
+                self.metrics.ticks.labels(TickResult.FAILED).inc()
                 if time.monotonic() - self._last_state_error > STATE_ERROR_LOG_EVERY:
                     self._last_state_error = time.monotonic()
                     log.error("rule ticks cannot be recorded (state database): %s; e.g. %s at %s", short_error(exc),
@@ -271,7 +272,7 @@ class Daemon:
                 # Left claimed: after a restart a survivor (or this replica) takes it over within catch_up.
                 log.error("report %s at %s cannot be recorded (state database): %s", name, tick.isoformat(),
                           short_error(exc), extra={"report": name})
-                self.metrics.report_runs.labels(name, "failed").inc()
+                self.metrics.report_runs.labels(name, TickResult.FAILED).inc()
                 return
             self.metrics.report_runs.labels(name, outcome.status).inc()
             if outcome.queued:
@@ -345,8 +346,8 @@ class Daemon:
                                     scheduled_time() or self.clock(), f"{len(runtime.rules)} rules")
         except Exception as exc:  # noqa: BLE001 - no heartbeat is the signal
             log.warning("heartbeat failed: %s", short_error(exc))
-            result = "error"
-        if result != "elsewhere":
+            result = HeartbeatResult.ERROR
+        if result != HeartbeatResult.ELSEWHERE:
             self.metrics.heartbeats.labels(result).inc()
 
     def _maintenance_job(self) -> None:
@@ -358,10 +359,10 @@ class Daemon:
     def _on_skipped(self, event: JobExecutionEvent | JobSubmissionEvent) -> None:
         # On the scheduler's thread: keep it short.
         if event.code == EVENT_JOB_MAX_INSTANCES:
-            self.metrics.ticks.labels("busy").inc()
+            self.metrics.ticks.labels(TickResult.BUSY).inc()
             log.warning("%s: a tick was skipped, the previous run is still going", event.job_id)
         else:
-            self.metrics.ticks.labels("missed").inc()
+            self.metrics.ticks.labels(TickResult.MISSED).inc()
 
     # --- main loop, reload, stop ------------------------------------------------------------
 

@@ -20,9 +20,9 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from typing import Any
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
+from typing import Any
 from zoneinfo import ZoneInfo
 
 from croniter import croniter
@@ -94,7 +94,7 @@ class Plan:
 def _utc(end: datetime) -> datetime:
     if end.tzinfo is None:
         raise ValueError("end must be an aware datetime")
-    return end.astimezone(timezone.utc)
+    return end.astimezone(UTC)
 
 
 def _ceil_hour(value: datetime) -> datetime:
@@ -107,7 +107,7 @@ def first_missed_run(world: World, end: datetime) -> datetime:
     cron = world.crons[STOPPED_CRON]
     cutoff = (end - timedelta(seconds=CRON_STOP)).astimezone(ZoneInfo(cron.timezone))
     it = croniter(cron.schedule, cutoff - timedelta(seconds=1))
-    return it.get_next(datetime).astimezone(timezone.utc)
+    return it.get_next(datetime).astimezone(UTC)
 
 
 def _token_agent() -> Agent:
@@ -215,8 +215,9 @@ def planted_events(world: World, end: datetime, make_id: Callable[[int], str],
     actor, promoted = world.users[SENSITIVE_ACTOR], world.users[PROMOTED_USER]
     team = world.teams[actor.teams[0]].id
     # (offset, type, severity, description, metadata, agent id, user id, team id)
-    items: list[tuple[int, str, str, str, dict[str, Any], str | None, str | None, str]] = [(e - ACTOR_LOGIN, "auth.login", "info", f"{actor.name} signed in", {"ip": NEW_IP},
-              None, actor.id, team)]
+    items: list[tuple[int, str, str, str, dict[str, Any], str | None, str | None, str]] = [
+        (e - ACTOR_LOGIN, "auth.login", "info", f"{actor.name} signed in", {"ip": NEW_IP}, None, actor.id, team),
+    ]
     role_at, cred_at, *edit_at = SENSITIVE_AT
     items.append((e - role_at, "user.role_changed", "warning",
                   f"{actor.name} changed the role of {promoted.name} from member to owner",

@@ -21,8 +21,8 @@ from typing import Any
 from psycopg.copy import QueuedLibpqWriter
 from sqlalchemy import Engine, text
 
-from audit_watch.store.schema import build_tables
 from audit_watch.demo.seed.rows import BULK_TABLES, COLUMNS
+from audit_watch.store.schema import build_tables
 
 SEED_TABLE = "audit_watch_seed"
 # Parallel COPY streams per table on PostgreSQL: jobs outweigh the rest 3:1.

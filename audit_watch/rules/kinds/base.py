@@ -288,7 +288,3 @@ def window_conditions(
         )
 
     return ctx.prepared(rule, ("sample conditions", label, start_offset, end_offset), build)
-
-
-def scaled(count: float, numerator: timedelta, denominator: timedelta) -> float:
-    return count * (numerator.total_seconds() / denominator.total_seconds())
