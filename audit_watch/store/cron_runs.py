@@ -11,9 +11,10 @@ A run *fired* when a ``cron.fired`` event of its cron lies within ``grace`` afte
 it. Cron maths has no SQL, so the runs are computed in Python; the database reads
 only the fires inside the runs' grace windows (merged into at most
 :data:`MAX_WINDOWS` time ranges, each an index range scan on
-``(event_type, created_at)``) and matches them per cron: an anti join for one run
-per cron (:func:`unfired`), each cron's newest fire (:func:`last_fires`), or the
-fires themselves for a bisect per run (:func:`fire_times`). The cost grows with the
+``(event_type, created_at)``) and matches them per cron: an anti join for the
+latest run of every cron (:func:`missed_latest`), each cron's newest fire
+(:func:`last_fires`), or the fires themselves for a bisect per run
+(:func:`fire_times`). The cost grows with the
 number of fires inside those windows, not with crons × runs: thousands of crons
 that stop at once are a few statements.
 """
@@ -28,7 +29,7 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 from cronsim import CronSim
-from sqlalchemy import DateTime, Float, Text, and_, exists, func, literal, or_, select, text
+from sqlalchemy import DateTime, Float, Text, and_, exists, func, literal, or_, select, text, type_coerce
 from sqlalchemy.engine import Connection
 from sqlalchemy.sql.elements import ColumnElement
 
@@ -134,6 +135,14 @@ def fired_within(times: Sequence[datetime], start: datetime, end: datetime) -> d
 # --- the statements --------------------------------------------------------------------
 
 
+def _plain_time(src: AuditSource, column: ColumnElement[Any]) -> ColumnElement[Any]:
+    """A time column (or its ``time_value``) read as the driver gives it: thousands of
+    fires need no per-row conversion (see :func:`aware_time`)."""
+    if src.dialect == "postgresql":
+        return type_coerce(column, DateTime(timezone=True))
+    return column
+
+
 def aware_time(src: AuditSource, value: Any) -> datetime | None:
     """A time read from the store, as an aware datetime (as it comes from PostgreSQL:
     thousands of fires need no conversion to compare)."""
@@ -178,55 +187,66 @@ def _fires_where(src: AuditSource, windows: Sequence[Window], cron_ids: Sequence
     ]
 
 
-def unfired(conn: Connection, src: AuditSource, runs: Mapping[str, datetime], grace: timedelta) -> set[str]:
-    """The crons of ``runs`` (cron id: one run each) without a fire within ``grace``
-    after their run: one anti join, per cron, inside the database.
+def missed_latest(conn: Connection, src: AuditSource, crons_filter: ColumnElement[bool],
+                  due: Mapping[tuple[str, str], datetime], grace: timedelta) -> list[Any]:
+    """The enabled crons matching ``crons_filter`` whose latest run due did not fire:
+    rows ``(id, agent_id, name, schedule, timezone, created_at)``.
 
-    The fires inside the runs' windows are read once (a materialised CTE, hashed by
-    cron) and the runs arrive as one JSON parameter; only the crons that did not
-    fire come back, so a healthy fleet costs one statement that returns nothing.
+    ``due``: {(schedule, time zone): its latest run due}, one entry per schedule, not
+    per cron. One statement: the crons joined with their schedule's run (created by
+    then), anti joined with the fires inside the runs' grace windows (materialised
+    once, hashed by cron). A healthy fleet returns nothing.
     """
-    if not runs:
-        return set()
-    events = src.table("events")
-    windows = merged_windows((run, run + grace) for run in set(runs.values()))
+    if not due:
+        return []
+    crons, events = src.table("crons"), src.table("events")
+    windows = merged_windows((run, run + grace) for run in set(due.values()))
     fires = (
         select(_cron_key(src).label("cron_id"), src.time_value(events.c.created_at).label("at"))
         .where(events.c.event_type == FIRED, or_(*(_within(src, events.c.created_at, w) for w in windows)))
         .cte("fires")
         .prefix_with("MATERIALIZED")
     )
-    expected = _runs_table(src, runs, grace)
-    stmt = select(expected.c.cron_id).where(
-        ~exists().where(
-            fires.c.cron_id == expected.c.cron_id, fires.c.at >= expected.c.start, fires.c.at <= expected.c.until
+    runs = _due_table(src, due, grace)
+    zone = func.coalesce(crons.c.timezone, literal("UTC"))
+    stmt = (
+        select(crons.c.id, crons.c.agent_id, crons.c.name, crons.c.schedule, zone.label("timezone"),
+               _plain_time(src, crons.c.created_at).label("created_at"))
+        .select_from(crons.join(runs, and_(crons.c.schedule == runs.c.schedule, zone == runs.c.zone)))
+        .where(
+            crons.c.enabled.is_(True),
+            crons_filter,
+            src.time_value(crons.c.created_at) <= runs.c.start,
+            ~exists().where(fires.c.cron_id == crons.c.id, fires.c.at >= runs.c.start, fires.c.at <= runs.c.until),
         )
+        .order_by(crons.c.id)
     )
-    return set(conn.execute(stmt).scalars().all())
+    return list(conn.execute(stmt).all())
 
 
-def _runs_table(src: AuditSource, runs: Mapping[str, datetime], grace: timedelta) -> Any:
-    """(cron_id, start, until) rows, a run and its grace, from one bound JSON parameter;
-    the times comparable with ``src.time_value`` of a time column."""
+def _due_table(src: AuditSource, due: Mapping[tuple[str, str], datetime], grace: timedelta) -> Any:
+    """(schedule, zone, start, until) rows, a run and its grace, from one bound JSON
+    parameter; the times comparable with ``src.time_value`` of a time column."""
     if src.dialect == "postgresql":
-        text_of = {run: (run.isoformat(), (run + grace).isoformat()) for run in set(runs.values())}
-        payload = json.dumps([{"c": c, "s": text_of[run][0], "u": text_of[run][1]} for c, run in runs.items()])
+        payload = json.dumps([{"s": s, "z": z, "a": run.isoformat(), "u": (run + grace).isoformat()}
+                              for (s, z), run in due.items()])
         return (
-            text("SELECT r.c AS cron_id, r.s AS start, r.u AS until "
-                 "FROM jsonb_to_recordset(CAST(:runs AS jsonb)) AS r(c text, s timestamptz, u timestamptz)")
-            .bindparams(runs=payload)
-            .columns(cron_id=Text, start=DateTime(timezone=True), until=DateTime(timezone=True))
-            .subquery("expected")
+            text("SELECT r.s AS schedule, r.z AS zone, r.a AS start, r.u AS until FROM "
+                 "jsonb_to_recordset(CAST(:due AS jsonb)) AS r(s text, z text, a timestamptz, u timestamptz)")
+            .bindparams(due=payload)
+            .columns(schedule=Text, zone=Text, start=DateTime(timezone=True), until=DateTime(timezone=True))
+            .subquery("due")
         )
     fmt = "%Y-%m-%d %H:%M:%S.%f"
-    text_of = {run: (as_utc(run).strftime(fmt), as_utc(run + grace).strftime(fmt)) for run in set(runs.values())}
-    payload = json.dumps([{"c": c, "s": text_of[run][0], "u": text_of[run][1]} for c, run in runs.items()])
+    payload = json.dumps([{"s": s, "z": z, "a": as_utc(run).strftime(fmt), "u": as_utc(run + grace).strftime(fmt)}
+                          for (s, z), run in due.items()])
     return (
-        text("SELECT json_extract(value, '$.c') AS cron_id, julianday(json_extract(value, '$.s')) AS start, "
-             "julianday(json_extract(value, '$.u')) AS until FROM json_each(:runs)")
-        .bindparams(runs=payload)
-        .columns(cron_id=Text, start=Float, until=Float)
-        .subquery("expected")
+        text("SELECT json_extract(value, '$.s') AS schedule, json_extract(value, '$.z') AS zone, "
+             "julianday(json_extract(value, '$.a')) AS start, julianday(json_extract(value, '$.u')) AS until "
+             "FROM json_each(:due)")
+        .bindparams(due=payload)
+        .columns(schedule=Text, zone=Text, start=Float, until=Float)
+        .subquery("due")
     )
 
 
@@ -239,7 +259,7 @@ def fire_times(conn: Connection, src: AuditSource, windows: Sequence[Window], cr
         return
     events = src.table("events")
     key = _cron_key(src).label("cron_id")
-    at = src.time_value(events.c.created_at).label("at")
+    at = _plain_time(src, src.time_value(events.c.created_at)).label("at")
     stmt = select(key, at).where(*_fires_where(src, windows, cron_ids)).order_by(key, at)
     current: str | None = None
     times: list[datetime] = []
@@ -264,7 +284,7 @@ def last_fires(conn: Connection, src: AuditSource, windows: Sequence[Window],
     events = src.table("events")
     key = _cron_key(src)
     stmt = (
-        select(key.label("cron_id"), func.max(src.time_value(events.c.created_at)).label("last"))
+        select(key.label("cron_id"), _plain_time(src, func.max(src.time_value(events.c.created_at))).label("last"))
         .where(*_fires_where(src, windows, cron_ids))
         .group_by(key)
     )
@@ -286,7 +306,7 @@ def newest_fires(conn: Connection, src: AuditSource, since: datetime, until: dat
     at = src.time_value(events.c.created_at)
     ranked = (
         select(
-            events.c.id, key, at.label("at"),
+            events.c.id, key, _plain_time(src, at).label("at"),
             func.row_number().over(partition_by=key, order_by=(at.desc(), events.c.id.desc())).label("rank"),
         )
         .where(*_fires_where(src, [(since, until)], cron_ids))
