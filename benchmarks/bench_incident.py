@@ -60,6 +60,7 @@ ZONES = ("UTC", "Asia/Kolkata", "America/New_York", "Europe/Berlin")
 STOPPED = datetime(2026, 11, 20, 9, 0, 40, tzinfo=UTC)
 HISTORY = timedelta(days=3)
 GRACE = timedelta(minutes=15)
+STORE_VERSION = 2   # fires written in time order
 TITLE = "Incident scale: cron_missed and new_value against hand-written SQL"
 
 
@@ -73,6 +74,15 @@ def ensure_database(url: str) -> bool:
                 return False
             conn.execute(text(f'CREATE DATABASE "{name}"'))
             return True
+    finally:
+        admin.dispose()
+
+
+def drop_database(url: str) -> None:
+    admin = create_engine(f"{SERVER}/postgres", isolation_level="AUTOCOMMIT")
+    try:
+        with admin.connect() as conn:
+            conn.execute(text(f'DROP DATABASE IF EXISTS "{url.rsplit("/", 1)[1]}" WITH (FORCE)'))
     finally:
         admin.dispose()
 
@@ -96,17 +106,21 @@ def build_cron_store(url: str) -> None:
         with cursor.copy("COPY crons (id, agent_id, name, schedule, timezone, enabled, created_at) FROM STDIN") as copy:
             for cron_id, schedule, zone in cron_specs():
                 copy.write_row((cron_id, "agent-1", f"job {cron_id}", schedule, zone, True, created))
+        fires = []
+        for n, (cron_id, schedule, zone) in enumerate(cron_specs()):
+            for k, run in enumerate(CronSim(schedule, (STOPPED - HISTORY).astimezone(ZoneInfo(zone)))):
+                at = run.astimezone(UTC) + timedelta(seconds=(n * 37 + k * 13) % 240)
+                if at >= STOPPED:
+                    break
+                fires.append((at, f"fire-{cron_id}-{k}", cron_id))
+        fires.sort()   # written as they happen, as an audit store is
         with cursor.copy("COPY events (id, event_type, severity, description, agent_id, metadata, created_at) "
                          "FROM STDIN") as copy:
-            for n, (cron_id, schedule, zone) in enumerate(cron_specs()):
-                for k, run in enumerate(CronSim(schedule, (STOPPED - HISTORY).astimezone(ZoneInfo(zone)))):
-                    at = run.astimezone(UTC) + timedelta(seconds=(n * 37 + k * 13) % 240)
-                    if at >= STOPPED:
-                        break
-                    copy.write_row((f"fire-{cron_id}-{k}", "cron.fired", "info", "cron fired", "agent-1",
-                                    json.dumps({"cron_id": cron_id}), at))
-        cursor.execute("CREATE TABLE bench_cron_store (crons integer, stopped timestamptz)")
-        cursor.execute("INSERT INTO bench_cron_store VALUES (%s, %s)", (CRONS, STOPPED))
+            for at, event_id, cron_id in fires:
+                copy.write_row((event_id, "cron.fired", "info", "cron fired", "agent-1",
+                                json.dumps({"cron_id": cron_id}), at))
+        cursor.execute("CREATE TABLE bench_cron_store (crons integer, stopped timestamptz, version integer)")
+        cursor.execute("INSERT INTO bench_cron_store VALUES (%s, %s, %s)", (CRONS, STOPPED, STORE_VERSION))
         raw.commit()
         cursor.execute("ANALYZE")
         raw.commit()
@@ -119,7 +133,8 @@ def cron_store_ready(url: str) -> bool:
     engine = create_engine(url)
     try:
         with engine.connect() as conn:
-            return conn.execute(text("SELECT crons, stopped FROM bench_cron_store")).one() == (CRONS, STOPPED)
+            found = conn.execute(text("SELECT crons, stopped, version FROM bench_cron_store")).one()
+            return tuple(found) == (CRONS, STOPPED, STORE_VERSION)
     except Exception:  # noqa: BLE001 - not built yet
         return False
     finally:
@@ -199,7 +214,10 @@ def main() -> int:
     parser.add_argument("--load-wait", type=float, default=900, help="seconds to wait for it at most")
     args = parser.parse_args()
 
-    if ensure_database(args.crons_url) or not cron_store_ready(args.crons_url):
+    if not ensure_database(args.crons_url) and not cron_store_ready(args.crons_url):
+        drop_database(args.crons_url)
+        ensure_database(args.crons_url)
+    if not cron_store_ready(args.crons_url):
         print(f"generating {CRONS:,} crons into {args.crons_url} ...", flush=True)
         build_cron_store(args.crons_url)
     if ensure_database(args.url) or read_seed_end(args.url) is None:

@@ -91,9 +91,10 @@ def outage() -> Iterator[tuple[str, dict[str, int], dict[str, str | None], dict[
             _copy(cursor, "agents", "id, name, team_id, created_at", [("agent-1", "Scheduler", "team-1", created)])
             _copy(cursor, "crons", "id, agent_id, name, schedule, timezone, enabled, created_at",
                   [(c["id"], "agent-1", f"job {c['id']}", c["schedule"], c["timezone"], True, created) for c in crons])
-            events = [(f"fire-{cron_id}-{n}", "cron.fired", "info", "cron fired", "agent-1",
-                       json.dumps({"cron_id": cron_id}), at)
-                      for cron_id, times in fires.items() for n, at in enumerate(times)]
+            events = sorted(((f"fire-{cron_id}-{n}", "cron.fired", "info", "cron fired", "agent-1",
+                              json.dumps({"cron_id": cron_id}), at)
+                             for cron_id, times in fires.items() for n, at in enumerate(times)),
+                            key=lambda row: row[-1])   # written as they happen
             _copy(cursor, "events", "id, event_type, severity, description, agent_id, metadata, created_at", events)
             cursor.execute("ANALYZE")
             raw.commit()

@@ -7,11 +7,13 @@ walked once per evaluation however many crons share it.
 
 The crons whose latest run did not fire come from one anti join in the database
 (a healthy fleet returns nothing). Their streaks are then counted back in slices
-of runs, for the crons whose streak is still open: the 8 runs before the latest,
-then the 64 before those, ... up to ``max_runs`` (one aggregate statement per
-slice: each open cron's newest fire inside the slice's grace windows). A fleet
-that stopped a few runs ago takes two statements, each reading the fires inside
-grace windows, never crons × runs.
+of runs that double, for the crons whose streak is still open: the run before the
+latest, the 2 before that, then 4, 8, ... up to ``max_runs`` (one aggregate
+statement per slice: each open cron's newest fire inside the slice's grace
+windows). A slice without fires costs an empty index range scan; the slice where
+a streak ends reads at most twice the runs needed. A fleet that stopped three runs
+ago takes three statements; each reads the fires inside grace windows, never
+crons × runs.
 
 The longest silence ranks first: the cron whose last fire (of a run that fired
 in time) is oldest; for a cron without one, its oldest missed run counts.
@@ -48,7 +50,7 @@ from audit_watch.store.where import where_clause
 
 log = logging.getLogger(__name__)
 
-SLICE_GROWTH = 8   # each slice of runs looks this many times further back than the one before
+SLICE_GROWTH = 2   # each slice of runs is this many times longer than the one before
 MAX_LISTED_RUNS = 10
 _EARLIEST = datetime.min.replace(tzinfo=UTC)
 
@@ -128,12 +130,12 @@ class CronMissed(RuleKind):
     def streaks(self, ctx: EvalContext, missed: list[CronRow], schedules: dict[Schedule, ScheduleRuns],
                 grace: timedelta, max_runs: int) -> list[Streak]:
         """The streaks of the crons whose latest run due did not fire, counted back in
-        slices of 8, 64, ... runs while they stay open."""
+        slices of 1, 2, 4, ... runs while they stay open."""
         groups: dict[Schedule, list[CronRow]] = {}
         for cron in missed:
             groups.setdefault((cron.schedule, cron.timezone), []).append(cron)
         found: list[Streak] = []
-        offset, size = 1, SLICE_GROWTH
+        offset, size = 1, 1
         while groups and offset < max_runs:
             take = min(size, max_runs - offset)
             slices: dict[str, list[datetime]] = {}
