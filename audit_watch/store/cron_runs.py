@@ -313,8 +313,8 @@ def newest_fires(conn: Connection, src: AuditSource, since: datetime, until: dat
         .subquery()
     )
     found = {}
-    for row_id, cron_id, value, _rank in conn.execute(select(ranked).where(ranked.c.rank == 1)):
-        moment = src.read_time(value)
+    for row_id, cron_id, value, _rank in conn.execute(select(ranked).where(ranked.c.rank == 1)).all():
+        moment = aware_time(src, value)
         if moment is not None:
             found[cron_id] = (moment, str(row_id))
     return found

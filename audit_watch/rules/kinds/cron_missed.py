@@ -157,13 +157,8 @@ class CronMissed(RuleKind):
                      for cron_id, (index, fired_at) in self._newest_fired(ctx, slices, grace).items()}
             for cron_id in ended:
                 del slices[cron_id]
-            still = {}
-            for key, crons in groups.items():
-                left = [cron for cron in crons if cron.id in slices]
-                found += [Streak(cron, ended[cron.id][0], ended[cron.id][1]) for cron in crons if cron.id in ended]
-                if left:
-                    still[key] = left
-            groups = still
+            found += [Streak(cron, *ended[cron.id]) for crons in groups.values() for cron in crons if cron.id in ended]
+            groups = {key: left for key, crons in groups.items() if (left := [c for c in crons if c.id in slices])}
             offset += take
             size *= SLICE_GROWTH
         for key, crons in groups.items():   # no fire within max_runs (or the schedule has no more runs)
@@ -184,14 +179,17 @@ class CronMissed(RuleKind):
             return {}
         parts = {id(part): part for part in slices.values()}   # crons of one schedule share one
         windows = merged_windows((run, run + grace) for run in {run for part in parts.values() for run in part})
-        # Per slice, its runs as ascending keys: the newest run at or before t is a bisect.
-        keys = {key: [-run.timestamp() for run in part] for key, part in parts.items()}
+        # Per slice, its runs and their deadlines as ascending keys: the newest run at or
+        # before t is a bisect, and t fired it when t is at most its deadline.
+        keys = {key: ([-run.timestamp() for run in part], [(run + grace).timestamp() for run in part])
+                for key, part in parts.items()}
         newest: dict[str, tuple[int, datetime]] = {}
         unclear = []
         for cron_id, last in last_fires(ctx.conn, ctx.src, windows, list(slices)).items():
-            part = slices[cron_id]
-            index = bisect.bisect_left(keys[id(part)], -last.timestamp())
-            if index < len(part) and last <= part[index] + grace:
+            starts, deadlines = keys[id(slices[cron_id])]
+            moment = last.timestamp()
+            index = bisect.bisect_left(starts, -moment)
+            if index < len(starts) and moment <= deadlines[index]:
                 newest[cron_id] = (index, last)
             else:
                 unclear.append(cron_id)
