@@ -12,8 +12,9 @@ import pytest
 from click.testing import CliRunner
 
 from audit_watch.alerting.notify import decide
-from audit_watch.alerting.pipeline import alerts_table, process
+from audit_watch.alerting.pipeline import process
 from audit_watch.alerting.state import StateStore
+from audit_watch.alerting.views import alerts_table
 from audit_watch.cli.main import main
 from audit_watch.cli.terminal import states_view
 from audit_watch.config.model import Config

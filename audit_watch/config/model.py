@@ -23,7 +23,7 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError
 
-from audit_watch.channels.settings import Channel
+from audit_watch.channels.registry import ChannelConfig
 from audit_watch.core.durations import Duration
 from audit_watch.core.validators import TimeZoneName
 from audit_watch.core.yaml_source import InputError, LocatedDocument, Problem, interpolate_env, load_yaml
@@ -138,7 +138,7 @@ class Config(_Strict):
     templates: tuple[str, ...] = ()
     reports: tuple[str, ...] = ("reports/",)   # report definitions: files or folders
     timezone: TimeZoneName = "UTC"
-    channels: dict[str, Channel] = Field(default_factory=dict)
+    channels: dict[str, ChannelConfig] = Field(default_factory=dict)   # one entry per registered type
     daemon: DaemonConfig = Field(default_factory=DaemonConfig)
     delivery: DeliveryConfig = Field(default_factory=DeliveryConfig)
     # The folder relative paths in this file are resolved against.

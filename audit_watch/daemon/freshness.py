@@ -25,6 +25,7 @@ from audit_watch.core.outcomes import RunStatus
 from audit_watch.daemon import ledger
 from audit_watch.daemon.context import TickContext
 from audit_watch.daemon.self_alerts import BUILTIN_PREFIX, builtin_alert, builtin_rule, has_open_alert, process_builtin
+from audit_watch.rules.kinds import KINDS
 from audit_watch.rules.links import list_link
 from audit_watch.rules.model import RuleBase
 from audit_watch.store.source import AuditSource
@@ -36,15 +37,9 @@ FRESHNESS_RULE = BUILTIN_PREFIX + "audit store silent"
 
 
 def fires_on_silence(rule: RuleBase) -> bool:
-    """Would this rule fire merely because no rows arrive?"""
-    if rule.kind in ("absence", "cron_missed"):
-        return True
-    if rule.kind == "spike":
-        return getattr(rule, "direction", "up") in ("down", "both")
-    if rule.kind in ("threshold", "metric"):
-        comparison = getattr(rule, "threshold", None)
-        return comparison is not None and comparison.holds(0)
-    return False
+    """Would this rule fire merely because no rows arrive? Its kind says."""
+    kind = KINDS.get(rule.kind)     # None for audit-watch's own alerts
+    return kind is not None and kind.fires_on_silence(rule)
 
 
 def newest_row(src: AuditSource, tables: tuple[str, ...]) -> datetime | None:

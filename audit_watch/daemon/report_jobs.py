@@ -26,8 +26,8 @@ from zoneinfo import ZoneInfo
 
 from sqlalchemy.exc import SQLAlchemyError
 
-from audit_watch.alerting.pipeline import alerts_table
 from audit_watch.alerting.state import StateStore
+from audit_watch.alerting.views import alerts_table
 from audit_watch.core.errors import short_error
 from audit_watch.core.outcomes import RunOutcome, RunStatus
 from audit_watch.daemon import ledger

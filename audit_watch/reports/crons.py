@@ -1,6 +1,7 @@
 """Cron health over a period: each cron's expected runs, how many fired, how many were missed.
 
-Expected runs come from the cron's own schedule and time zone, from the cron's
+Expected runs come from the cron's own schedule and time zone (a cron whose
+schedule cannot be read is listed with no expected runs), from the cron's
 ``created_at`` on, and are matched with the ``cron.fired`` events inside their
 grace windows by the same code as the ``cron_missed`` rule
 (:mod:`audit_watch.store.cron_runs`), so DST and the grace behave the same. A run
@@ -12,20 +13,25 @@ once for all crons, streamed one cron at a time.
 
 from __future__ import annotations
 
-import logging
 from datetime import datetime, timedelta
 from typing import Any
 
-from cronsim import CronSimError
 from sqlalchemy import select
 from sqlalchemy.engine import Connection
 
+from audit_watch.core.cron import CronError
 from audit_watch.reports.queries import Span, grouped, latest, lookup_names
 from audit_watch.reports.scope import ResolvedScope
-from audit_watch.store.cron_runs import FIRED, RunCalendar, fire_times, fired_within, merged_windows
+from audit_watch.store.cron_runs import (
+    FIRED,
+    RunCalendar,
+    fire_times,
+    fired_within,
+    merged_windows,
+    skip_unreadable,
+)
 from audit_watch.store.source import AuditSource
 
-log = logging.getLogger(__name__)
 DEFAULT_GRACE = timedelta(minutes=15)
 MAX_RUNS = 50_000          # a cron every minute for a month is 44,640 runs
 LAST_FIRED_LOOKBACK = timedelta(days=35)
@@ -49,9 +55,8 @@ def cron_health(conn: Connection, src: AuditSource, scope: ResolvedScope, span: 
         since = max(start + timedelta(seconds=1), src.read_time(cron.created_at) or start)
         try:
             runs[cron.id] = calendar.runs(cron.schedule, cron.timezone or "UTC").since(since, MAX_RUNS)
-        except (CronSimError, ValueError, KeyError) as exc:
-            log.warning("cron %s has an unusable schedule %r / time zone %r: %s",
-                        cron.id, cron.schedule, cron.timezone, exc)
+        except CronError as exc:      # not checked: listed with no expected runs
+            skip_unreadable(cron.id, cron.schedule, cron.timezone, exc)
             runs[cron.id] = []
     expected = {cron_id: len(times) for cron_id, times in runs.items()}
     outcome = _run_outcomes(conn, src, runs, end, grace)

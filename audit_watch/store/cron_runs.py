@@ -1,11 +1,13 @@
 """Crons' expected runs and their ``cron.fired`` events: shared by the ``cron_missed``
 rule and the reports' cron health.
 
-Expected runs come from each cron's own schedule in its own time zone (cronsim:
-a run in the hour repeated when clocks go back counts once, a run in the hour
-skipped when they go forward happens right after the gap, as cron does it). Crons
-that share a schedule and a time zone share its runs: :class:`RunCalendar` walks
-each schedule once per evaluation, only as far back as asked.
+Expected runs come from each cron's own schedule in its own time zone, read by
+:mod:`audit_watch.core.cron` like every schedule (a run in the hour repeated when
+clocks go back counts once, a run in the hour skipped when they go forward happens
+right after the gap, as cron does it). Crons that share a schedule and a time zone
+share its runs: :class:`RunCalendar` walks each schedule once per evaluation, only
+as far back as asked. A cron whose schedule or time zone cannot be read is not
+checked; :func:`skip_unreadable` says so once.
 
 A run *fired* when a ``cron.fired`` event of its cron lies within ``grace`` after
 it. Cron maths has no SQL, so the runs are computed in Python; the database reads
@@ -23,18 +25,21 @@ from __future__ import annotations
 
 import bisect
 import json
+import logging
+import threading
 from collections.abc import Iterable, Iterator, Mapping, Sequence
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any
-from zoneinfo import ZoneInfo
 
-from cronsim import CronSim
 from sqlalchemy import DateTime, Float, Text, and_, exists, func, literal, or_, select, text, type_coerce
 from sqlalchemy.engine import Connection
 from sqlalchemy.sql.elements import ColumnElement
 
+from audit_watch.core.cron import CronError, CronSchedule
 from audit_watch.core.timestamps import as_utc
 from audit_watch.store.source import AuditSource
+
+log = logging.getLogger(__name__)
 
 FIRED = "cron.fired"
 MAX_WINDOWS = 64   # time ranges per statement: a wider merged range reads a few more fires, nothing else
@@ -42,9 +47,41 @@ MAX_WINDOWS = 64   # time ranges per statement: a wider merged range reads a few
 Window = tuple[datetime, datetime]
 
 
+# (cron id, schedule, time zone) already warned about: see skip_unreadable.
+_skipped: set[tuple[str, str, str]] = set()
+_skipped_lock = threading.Lock()
+
+
 def expected_runs(schedule: str, tz_name: str, until: datetime, since: datetime, limit: int) -> list[datetime]:
-    """Expected run times (UTC, newest first) with ``since <= t <= until``."""
-    return ScheduleRuns(schedule, tz_name, until).since(since, limit)
+    """Expected run times (UTC, newest first) with ``since <= t <= until``.
+
+    Raises :class:`~audit_watch.core.cron.CronError` for a schedule or time zone the
+    cron library cannot read (the crons table is data: callers skip such a cron).
+    """
+    return CronSchedule.read(schedule, tz_name).runs_between(as_utc(since), as_utc(until), limit)
+
+
+def skip_unreadable(cron_id: str, schedule: str, tz_name: str | None, error: CronError) -> None:
+    """Say that a cron whose schedule or time zone cannot be read is skipped (never
+    alerted on, counted as idle): a warning the first time this process meets each
+    (cron, schedule, time zone), a DEBUG line at later evaluations."""
+    key = (cron_id, schedule, tz_name or "UTC")
+    with _skipped_lock:
+        first = key not in _skipped
+        _skipped.add(key)
+    log.log(logging.WARNING if first else logging.DEBUG,
+            "cron %s (schedule %r, time zone %r) is not checked: %s", cron_id, schedule, tz_name, error)
+
+
+def runs_or_skip(cron_id: str, schedule: str, tz_name: str | None, until: datetime, since: datetime,
+                 limit: int) -> list[datetime]:
+    """:func:`expected_runs`, or none for a cron whose schedule or time zone cannot be
+    read (see :func:`skip_unreadable`)."""
+    try:
+        return expected_runs(schedule, tz_name or "UTC", until, since, limit)
+    except CronError as exc:
+        skip_unreadable(cron_id, schedule, tz_name, exc)
+        return []
 
 
 class ScheduleRuns:
@@ -52,8 +89,7 @@ class ScheduleRuns:
     first, computed lazily and kept: asking for 8 runs and then 64 walks 64."""
 
     def __init__(self, schedule: str, tz_name: str, until: datetime) -> None:
-        start = (as_utc(until).replace(microsecond=0) + timedelta(seconds=1)).astimezone(ZoneInfo(tz_name))
-        self._walk: Iterator[datetime] | None = iter(CronSim(schedule, start, reverse=True))
+        self._walk: Iterator[datetime] | None = CronSchedule.read(schedule, tz_name).runs_until(as_utc(until))
         self._runs: list[datetime] = []
 
     def first(self, count: int) -> list[datetime]:
@@ -63,7 +99,7 @@ class ScheduleRuns:
             if moment is None:
                 self._walk = None
                 break
-            self._runs.append(moment.astimezone(UTC))
+            self._runs.append(moment)
         return self._runs[:count]
 
     def since(self, since: datetime, limit: int) -> list[datetime]:
@@ -84,8 +120,8 @@ def at_or_after(runs: Sequence[datetime], since: datetime) -> int:
 class RunCalendar:
     """:class:`ScheduleRuns` per (schedule, time zone), all at or before ``until``.
 
-    Raises what cronsim and zoneinfo raise for an unusable schedule or time zone
-    (``CronSimError``, ``ValueError``, ``KeyError``): callers skip that cron."""
+    Raises :class:`~audit_watch.core.cron.CronError` for a schedule or time zone the
+    cron library cannot read: callers skip the crons that have it."""
 
     def __init__(self, until: datetime) -> None:
         self.until = until

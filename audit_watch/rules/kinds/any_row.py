@@ -9,6 +9,7 @@ window, so the rows left out never hide a row that still matches.
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from typing import Any
 
 from sqlalchemy import Select, func, select
@@ -63,6 +64,11 @@ class AnyRow(RuleKind):
         # Complete even when rows were left out: the kept rows are the oldest, so a kept
         # row drops out when it leaves the window (or, rarely, when older rows arrive late).
         return Found(findings, total, complete=True)
+
+    def link_filters(self, rule: AnyRule, finding: Finding) -> list[tuple[str, Any]]:
+        # The row's id is in its group (one alert per row) and has its own link.
+        group = {key: value for key, value in finding.group.items() if key != "id"}
+        return super().link_filters(rule, replace(finding, group=group))
 
     def statement(self, rule: AnyRule, src: AuditSource, moments: Moments) -> Select[Any]:
         table = src.table(rule.source)

@@ -31,6 +31,7 @@ from sqlalchemy.sql import Executable, Select
 from sqlalchemy.sql.elements import ColumnElement
 
 from audit_watch.rules.alert import Finding
+from audit_watch.rules.links import condition_filters
 from audit_watch.rules.model import Comparison, RuleBase
 from audit_watch.store.source import AuditSource, Moment
 from audit_watch.store.where import Condition, where_clause
@@ -237,7 +238,8 @@ def sample_rows(
 
 
 class RuleKind(ABC):
-    """One kind of rule: compute findings in SQL, then sample their rows."""
+    """One kind of rule: compute findings in SQL, then sample their rows; and what
+    else the kind implies (for holding it on a silent store, for its links)."""
 
     name: str
 
@@ -245,6 +247,19 @@ class RuleKind(ABC):
     def find(self, rule: Any, ctx: EvalContext) -> Found:
         """The groups that fire at ``ctx.now`` with their values (at most
         ``rule.max_groups``, the most severe first), and how many fire in all."""
+
+    def fires_on_silence(self, rule: Any) -> bool:
+        """Would ``rule`` fire merely because no rows arrive? The daemon holds such
+        rules while the audit store is silent (one "store silent" alert instead).
+        By default no: the kind fires on rows that are there."""
+        return False
+
+    def link_filters(self, rule: Any, finding: Finding) -> list[tuple[str, Any]]:
+        """What the finding's "open in Audit Logs" list filters on: by default the
+        rule's ``where`` (its filters the list can express), when the rows listed are
+        the rule's own, and the group's values."""
+        where = condition_filters(rule.where) if (finding.row_source or rule.source) == rule.source else []
+        return where + [(key, value) for key, value in finding.group.items() if value is not None]
 
     def sample_range(self, rule: Any, now: datetime) -> tuple[datetime, datetime]:
         """Where the evidence rows of a finding lie (by default: the window)."""

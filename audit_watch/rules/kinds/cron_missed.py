@@ -27,13 +27,14 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from cronsim import CronSimError
 from sqlalchemy import Select, func, literal, select
 
+from audit_watch.core.cron import CronError
 from audit_watch.rules.alert import Finding
 from audit_watch.rules.kinds.base import EvalContext, Found, RuleKind
 from audit_watch.rules.model import CronMissedRule
 from audit_watch.store.cron_runs import (
+    FIRED,
     RunCalendar,
     ScheduleRuns,
     at_or_after,
@@ -44,6 +45,7 @@ from audit_watch.store.cron_runs import (
     merged_windows,
     missed_latest,
     newest_fires,
+    skip_unreadable,
 )
 from audit_watch.store.source import AuditSource
 from audit_watch.store.where import where_clause
@@ -80,6 +82,13 @@ class Streak:
 class CronMissed(RuleKind):
     name = "cron_missed"
 
+    def fires_on_silence(self, rule: CronMissedRule) -> bool:
+        return True                             # no cron.fired events arrive either
+
+    def link_filters(self, rule: CronMissedRule, finding: Finding) -> list[tuple[str, Any]]:
+        """The cron's ``cron.fired`` events (the rule's ``where`` filters crons, not events)."""
+        return [("event_type", FIRED), ("metadata.cron_id", finding.group["cron_id"])]
+
     def find(self, rule: CronMissedRule, ctx: EvalContext) -> Found:
         calendar = RunCalendar(ctx.now - rule.grace)
         schedules = self._schedules(rule, ctx, calendar)
@@ -100,16 +109,29 @@ class CronMissed(RuleKind):
 
     def _schedules(self, rule: CronMissedRule, ctx: EvalContext, calendar: RunCalendar) -> dict[Schedule, ScheduleRuns]:
         """The runs of each (schedule, time zone) of the crons checked; a schedule
-        without runs, or one cron cannot read, is left out (its crons are not checked)."""
+        without runs, or one the cron library cannot read, is left out (its crons are
+        not checked: :func:`~audit_watch.store.cron_runs.skip_unreadable` names them)."""
         stmt = ctx.prepared(rule, (self.name, "schedules"), lambda _moments: self._schedules_statement(rule, ctx.src))
         found = {}
+        unreadable: dict[Schedule, CronError] = {}
         for schedule, zone in (tuple(row) for row in ctx.execute(stmt).all()):
             try:
                 runs = calendar.runs(schedule, zone)
                 if runs.first(1):
                     found[(schedule, zone)] = runs
-            except (CronSimError, ValueError, KeyError) as exc:
-                log.warning("crons with schedule %r in time zone %r are not checked: %s", schedule, zone, exc)
+            except CronError as exc:
+                unreadable[(schedule, zone)] = exc
+        if unreadable:
+            crons = ctx.src.table("crons")
+            rows = ctx.conn.execute(
+                select(crons.c.id, crons.c.schedule, func.coalesce(crons.c.timezone, literal("UTC")))
+                .where(crons.c.enabled.is_(True), where_clause(ctx.src, "crons", rule.where),
+                       crons.c.schedule.in_(sorted({schedule for schedule, _ in unreadable})))
+                .order_by(crons.c.id)
+            ).all()
+            for cron_id, schedule, zone in (tuple(row) for row in rows):
+                if (schedule, zone) in unreadable:
+                    skip_unreadable(cron_id, schedule, zone, unreadable[(schedule, zone)])
         return found
 
     def _schedules_statement(self, rule: CronMissedRule, src: AuditSource) -> Select[Any]:

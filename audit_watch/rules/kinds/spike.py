@@ -85,6 +85,9 @@ class Spike(RuleKind):
         firing = select(counted, up.label("is_up")).where(fires)
         return most_severe(firing, rule, _steepest)
 
+    def fires_on_silence(self, rule: SpikeRule) -> bool:
+        return rule.direction in ("down", "both")
+
     def list_range(self, rule: SpikeRule, now: datetime) -> tuple[datetime, datetime]:
         return now - rule.window - rule.reference_span, now
 

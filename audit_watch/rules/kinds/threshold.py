@@ -33,6 +33,9 @@ class Threshold(RuleKind):
             lambda row: Finding(group=group_of(rule.group_by, row), value=row.value, threshold=str(rule.threshold)),
         )
 
+    def fires_on_silence(self, rule: ThresholdRule) -> bool:
+        return rule.threshold.holds(0)          # "fewer than N" holds on no rows
+
     def statement(self, rule: ThresholdRule, src: AuditSource, moments: Moments) -> Select[Any]:
         groups = group_columns(src, rule.source, rule.group_by)
         counted = (
