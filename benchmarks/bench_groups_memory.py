@@ -150,12 +150,19 @@ def run_daemon(url: str, ticks: int = 3, timeout: float = 180) -> dict[str, Any]
         return {"rss_mb": hwm / 1024, "ticks": done}
 
 
+def checkout_commit(executable: str) -> str:
+    """The commit of the checkout whose virtualenv holds ``executable`` (``.venv/bin/audit-watch``)."""
+    checkout = Path(executable).resolve().parent.parent.parent
+    done = subprocess.run(["git", "-C", str(checkout), "rev-parse", "--short", "HEAD"], capture_output=True, text=True)
+    return done.stdout.strip() or "?"
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--url", default=f"{SERVER}/aw_bench_groups")
     parser.add_argument("--groups", type=int, default=50_000)
-    parser.add_argument("--before", default="/work/main/.venv/bin/audit-watch" if Path(
-        "/work/main/.venv/bin/audit-watch").exists() else None, help="another checkout's audit-watch to compare")
+    parser.add_argument("--before", help="the audit-watch executable of another checkout (its virtualenv's bin/), "
+                                         "e.g. of the code before max_groups, to compare")
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "RESULTS.md"))
     parser.add_argument("--max-load", type=float, default=2.0, help="wait for the 1-minute load average to fall to this")
     parser.add_argument("--load-wait", type=float, default=900, help="seconds to wait for it at most")
@@ -178,7 +185,7 @@ def main() -> int:
     if args.before:
         result = run_once(args.before, args.url, None, now)
         print("before", result, flush=True)
-        rows.append(f"| `run --once` before max_groups (`{args.before}`) | {result['rss_mb']:.0f} | "
+        rows.append(f"| `run --once` of commit {checkout_commit(args.before)} (before max_groups) | {result['rss_mb']:.0f} | "
                     f"{result['seconds']:.1f} | {result['states']:,} | {result['notifications']} | "
                     f"{result['largest_payload_kb']:.0f} | {result['state_mb']:.1f} | {result['exit']} |")
     body = [
