@@ -8,6 +8,7 @@ from typing import Annotated, Literal
 from pydantic import BaseModel, ConfigDict, Field, SecretStr
 
 from audit_watch.core.durations import Duration
+from audit_watch.core.validators import SecretHttpUrl
 
 
 class _Strict(BaseModel):
@@ -24,7 +25,7 @@ class SlackChannel(_Strict):
 
 class SlackWebhookChannel(_Strict):
     type: Literal["slack_webhook"]
-    url: SecretStr
+    url: SecretHttpUrl
     max_rows: int = Field(default=10, ge=0, le=20)
 
 

@@ -21,6 +21,8 @@ from sqlalchemy.exc import OperationalError
 from audit_watch import __version__
 from audit_watch.config.model import Config, load_config
 from audit_watch.core.durations import parse_duration
+from audit_watch.core.logs import configure_cli_logging
+from audit_watch.core.secrets import remember_url_password, scrub, scrub_data
 from audit_watch.core.timestamps import parse_timestamp
 from audit_watch.core.yaml_source import InputError
 
@@ -81,17 +83,18 @@ def common_options(command: Callable[..., Any]) -> Callable[..., Any]:
         settings: Settings = ctx.ensure_object(Settings)
         settings.config_path = config_path or settings.config_path
         settings.source_url = source_url or settings.source_url
+        remember_url_password(settings.source_url)
         try:
             return ctx.invoke(command, settings, **kwargs)
         except InputError as exc:
             for problem in exc.problems:
-                click.echo(str(problem), err=True)
+                click.echo(scrub(str(problem)), err=True)
             ctx.exit(EXIT_BAD_INPUT)
         except OperationalError as exc:
             # An unreachable or missing database is an operator's problem, not a bug:
             # say which, without a traceback (and without the URL's password).
             reason = str(exc.orig).strip().splitlines()[0] if exc.orig else str(exc).splitlines()[0]
-            click.echo(f"cannot use the database: {reason}", err=True)
+            click.echo(scrub(f"cannot use the database: {reason}"), err=True)
             ctx.exit(EXIT_BAD_INPUT)
 
     return wrapper
@@ -106,7 +109,7 @@ def common_options(command: Callable[..., Any]) -> Callable[..., Any]:
 @click.pass_context
 def main(ctx: click.Context, config_path: str | None, source_url: str | None, log_level: str | None) -> None:
     """Alerts and reports over Auxot's audit logs (Jobs, Threads, Events)."""
-    logging.basicConfig(level=(log_level or "WARNING").upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    configure_cli_logging(logging.getLevelName((log_level or "WARNING").upper()))
     settings = ctx.ensure_object(Settings)
     settings.config_path, settings.source_url = config_path, source_url
     settings.log_level = logging.getLevelName(log_level.upper()) if log_level else None
@@ -304,14 +307,15 @@ def alerts(settings: Settings, as_json: bool, outbox: bool, active: bool) -> Non
 
     state = StateStore.from_config(settings.config)
     try:
+        # Stored errors may predate a secret's configuration (or its scrubbing): scrub on the way out too.
         if outbox:
-            entries = pipeline.outbox_table(state)
+            entries = scrub_data(pipeline.outbox_table(state))
             if as_json:
                 click.echo(json.dumps([_plain(e) for e in entries], default=str))
             else:
                 console.print(outbox_view(entries, pipeline.outbox_summary(state)))
             return
-        rows = pipeline.alerts_table(state, include_resolved=not active)
+        rows = scrub_data(pipeline.alerts_table(state, include_resolved=not active))
         if as_json:
             click.echo(json.dumps([_plain(r) for r in rows], default=str))
         else:
@@ -491,9 +495,9 @@ def _deliver_report(config: Config, result: Any, channels: tuple[str, ...], now:
             click.echo(f"{head}: delivered", err=True)
         elif row.status == "dead":
             dead = True
-            click.echo(f"{head}: dead: {row.last_error}", err=True)
+            click.echo(f"{head}: dead: {scrub(row.last_error or '')}", err=True)
         elif row.status == "retrying":
-            click.echo(f"{head}: retrying at {row.next_attempt_at:%Y-%m-%d %H:%M:%S} UTC ({row.last_error}); "
+            click.echo(f"{head}: retrying at {row.next_attempt_at:%Y-%m-%d %H:%M:%S} UTC ({scrub(row.last_error or '')}); "
                        "the outbox keeps it: `audit-watch run` delivers it later", err=True)
         else:  # queued or sending: another audit-watch is delivering it
             click.echo(f"{head}: {row.status} in the outbox (id {row.id}): `audit-watch run` delivers it", err=True)

@@ -1,14 +1,24 @@
 """Validators shared by rules, report definitions and the config: time zones,
-cron expressions, channel names."""
+cron expressions, channel names, names, secret URLs."""
 
 from __future__ import annotations
 
+import re
 from typing import Annotated
+from urllib.parse import urlsplit
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from croniter import croniter
-from pydantic import AfterValidator, ValidationInfo
+from pydantic import AfterValidator, SecretStr, ValidationInfo
 from pydantic_core import PydanticCustomError
+
+# Rule and report names: they name files, e-mail subjects, metric labels and command
+# arguments, so nothing that could break a line, a path or a header.
+NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
+NAME_MAX_LENGTH = 128
+# Set in the validation context while ${NAME}s are missing: their values are empty,
+# and the missing variable is the problem already reported.
+ENV_MISSING = "env_missing"
 
 
 def check_timezone(name: str) -> ZoneInfo:
@@ -42,6 +52,38 @@ def check_channel_names(value: tuple[str, ...], info: ValidationInfo, field_name
     return value
 
 
+def check_name(value: str) -> str:
+    if not NAME_PATTERN.fullmatch(value):
+        raise ValueError("use letters, digits, '-', '_' and '.', starting with a letter or digit")
+    if len(value) > NAME_MAX_LENGTH:
+        raise ValueError(f"at most {NAME_MAX_LENGTH} characters")
+    return value
+
+
+def check_secret_http_url(value: SecretStr, info: ValidationInfo) -> SecretStr:
+    """An http(s) URL that carries a secret: the messages never show it."""
+    url = value.get_secret_value()
+    if not url and (info.context or {}).get(ENV_MISSING):
+        return value
+    if any(char.isspace() or ord(char) < 32 or ord(char) == 127 for char in url):
+        raise ValueError("the URL contains spaces or control characters (a newline at the end of a secrets file?); "
+                         "the value is not shown")
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 - raises ValueError for a port out of range
+    except ValueError:
+        raise ValueError("not a valid URL (the value is not shown)") from None
+    if parts.scheme.lower() not in ("http", "https"):
+        raise ValueError("must be an http:// or https:// URL (the value is not shown)")
+    if not parts.hostname:
+        raise ValueError("the URL has no host (the value is not shown)")
+    return value
+
+
 # Types for schedules and time zones, shared by rules and report definitions.
 CronExpression = Annotated[str, AfterValidator(check_cron_expression)]
 TimeZoneName = Annotated[str, AfterValidator(_checked_timezone)]
+# A rule's or report's name (see NAME_PATTERN).
+Name = Annotated[str, AfterValidator(check_name)]
+# A URL that carries a secret (a Slack webhook, a heartbeat URL): http(s) only, never shown.
+SecretHttpUrl = Annotated[SecretStr, AfterValidator(check_secret_http_url)]

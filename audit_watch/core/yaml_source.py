@@ -16,6 +16,8 @@ from typing import Any
 
 import yaml
 
+from audit_watch.core.secrets import remember_environment_value
+
 Path_ = tuple[str | int, ...]
 
 
@@ -129,7 +131,8 @@ _ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 def interpolate_env(doc: LocatedDocument, environ: dict[str, str] | None = None) -> list[Problem]:
     """Replace ``${NAME}`` in string values (after parsing, so a value cannot inject YAML).
 
-    Returns a problem per missing variable; the value of a variable is never shown.
+    Returns a problem per missing variable; the value of a variable is never shown,
+    and every value substituted is scrubbed from logs and errors from now on.
     """
     env = os.environ if environ is None else environ
     problems: list[Problem] = []
@@ -141,6 +144,7 @@ def interpolate_env(doc: LocatedDocument, environ: dict[str, str] | None = None)
                 if name not in env:
                     problems.append(doc.problem(path, f"environment variable ${{{name}}} is not set"))
                     return ""
+                remember_environment_value(env[name])
                 return env[name]
 
             return _ENV_REF.sub(repl, value)
