@@ -27,6 +27,7 @@ from audit_watch.core import logs
 from audit_watch.core.errors import short_error
 from audit_watch.core.logs import configure_logging
 from audit_watch.core.secrets import MASK, remember, scrub, scrub_data
+from audit_watch.daemon.ops import Health, Metrics, ops_app
 
 from fake_slack import FakeSlack, Reply
 from test_state import T0, evaluation, make_alert, make_rule
@@ -201,7 +202,7 @@ def test_short_errors_are_scrubbed() -> None:
     assert short_error(error) == "ValueError: unknown url type: '***'"
 
 
-# --- the outbox and `alerts --outbox` ---------------------------------------------------------
+# --- the outbox, `alerts --outbox` and /metrics ---------------------------------------------------------
 
 
 def test_a_webhook_error_quoting_its_url_is_stored_and_shown_without_it(tmp_path: Path, restore_logging: None) -> None:
@@ -230,3 +231,18 @@ def test_a_webhook_error_quoting_its_url_is_stored_and_shown_without_it(tmp_path
         [entry] = json.loads(CliRunner().invoke(main, ["--config", str(config_path), "alerts", "--outbox",
                                                        "--json"]).output)
         assert entry["last_error"] == f"webhook answered HTTP 404: no_service for {MASK}"
+
+
+def test_metrics_are_scrubbed() -> None:
+    from audit_watch.daemon.http_server import Route, Router
+
+    remember("metric-label-secret")
+    metrics = Metrics("r1")
+    metrics.deliveries.labels("metric-label-secret", "dead").inc()
+    app = ops_app(metrics.registry, Health(lambda: T0))
+    assert isinstance(app, Router) and isinstance(app.routes["/metrics"], Route)
+    from test_ops import call
+
+    status, _, body = call(app, "/metrics")
+    assert status == "200 OK" and b"metric-label-secret" not in body
+    assert b'audit_watch_deliveries_total{channel="***",result="dead"} 1.0' in body
