@@ -53,10 +53,14 @@ def check_channel_names(value: tuple[str, ...], info: ValidationInfo, field_name
 
 
 def check_name(value: str) -> str:
+    """A rule's or report's name: letters, digits, ``-``, ``_`` and ``.``, a letter
+    or digit first, at most NAME_MAX_LENGTH characters."""
     if not NAME_PATTERN.fullmatch(value):
-        raise ValueError("use letters, digits, '-', '_' and '.', starting with a letter or digit")
+        shown = repr(value[:60]) + ("..." if len(value) > 60 else "")
+        raise ValueError(f"{shown} is not a valid name: use letters, digits, '-', '_' and '.', "
+                         "starting with a letter or digit")
     if len(value) > NAME_MAX_LENGTH:
-        raise ValueError(f"at most {NAME_MAX_LENGTH} characters")
+        raise ValueError(f"a name has at most {NAME_MAX_LENGTH} characters (this one has {len(value)})")
     return value
 
 
