@@ -246,3 +246,13 @@ def test_metrics_are_scrubbed() -> None:
     status, _, body = call(app, "/metrics")
     assert status == "200 OK" and b"metric-label-secret" not in body
     assert b'audit_watch_deliveries_total{channel="***",result="dead"} 1.0' in body
+
+
+def test_check_and_run_once_do_not_echo_an_environment_value(tmp_path: Path) -> None:
+    """A secret put where a word was expected comes back in a problem ("unknown value ...")."""
+    config = write_config(tmp_path, {"x": {"type": "${AW_TEST_WRONG_PLACE}"}})
+    env = {"AW_TEST_WRONG_PLACE": "xoxb-in-the-wrong-key-1"}
+    code, output = check(config, env)
+    assert code == 1 and "channels.x.type: unknown value '***'" in output and "xoxb" not in output
+    result = CliRunner().invoke(main, ["--config", str(config), "run", "--once"], env=env)
+    assert result.exit_code == 2 and "unknown value '***'" in result.output and "xoxb" not in result.output

@@ -154,7 +154,7 @@ def check(settings: Settings, connect: bool) -> None:
 
     report = run_check(settings.config_path, settings.source_url, connect)
     for problem in report.problems:
-        click.echo(str(problem), err=True)
+        click.echo(scrub(str(problem)), err=True)
     if report.problems:
         click.echo(f"{len(report.problems)} problem(s).", err=True)
         sys.exit(EXIT_FAILED)

@@ -9,6 +9,7 @@ from datetime import datetime
 from audit_watch.alerting.pipeline import DeliverySummary
 from audit_watch.alerting.state import StateStore
 from audit_watch.config.model import read_config
+from audit_watch.core.secrets import scrub
 from audit_watch.daemon import ledger
 from audit_watch.daemon.context import ELSEWHERE, REPLICA_HEARTBEAT, utc_now
 from audit_watch.daemon.freshness import FreshnessWatch, check_every, freshness_tick
@@ -28,7 +29,7 @@ def run_once(config_path: str | None, source_url: str | None, now: datetime | No
     config, problems = read_config(config_path)
     if config is None or problems:
         for problem in problems:
-            print(problem, file=sys.stderr)
+            print(scrub(str(problem)), file=sys.stderr)
         return 2
     now = now or utc_now()
     state = StateStore.open(config.state.url)
@@ -43,7 +44,7 @@ def run_once(config_path: str | None, source_url: str | None, now: datetime | No
     runtime, problems = load_runtime(config_path, source_url, state, replica, lambda: now,
                                      watch.hold if config.daemon.freshness.enabled else None)
     for problem in problems:
-        print(problem, file=sys.stderr)
+        print(scrub(str(problem)), file=sys.stderr)
     assert runtime is not None
     try:
         queued: list[int] = []
@@ -61,7 +62,7 @@ def run_once(config_path: str | None, source_url: str | None, now: datetime | No
         runtime.ctx.src.engine.dispose()
         state.close()
     text, failed = once_summary(now, outcomes, reports, delivered, len(queued))
-    print(text)
+    print(scrub(text))
     if problems:
         return 2
     return 1 if failed else 0
