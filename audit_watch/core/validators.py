@@ -8,9 +8,10 @@ from typing import Annotated
 from urllib.parse import urlsplit
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from croniter import croniter
 from pydantic import AfterValidator, SecretStr, ValidationInfo
 from pydantic_core import PydanticCustomError
+
+from audit_watch.core.cron import check_expression
 
 # Rule and report names: they name files, e-mail subjects, metric labels and command
 # arguments, so nothing that could break a line, a path or a header.
@@ -26,12 +27,6 @@ def check_timezone(name: str) -> ZoneInfo:
         return ZoneInfo(name)
     except (ZoneInfoNotFoundError, ValueError) as exc:
         raise ValueError(f"unknown time zone {name!r} (use an IANA name such as Europe/Berlin)") from exc
-
-
-def check_cron_expression(value: str) -> str:
-    if len(value.split()) != 5 or not croniter.is_valid(value):
-        raise ValueError(f"{value!r} is not a five-field cron expression (e.g. '*/5 * * * *')")
-    return value
 
 
 def _checked_timezone(value: str) -> str:
@@ -85,9 +80,8 @@ def check_secret_http_url(value: SecretStr, info: ValidationInfo) -> SecretStr:
 
 
 # Types for schedules and time zones, shared by rules and report definitions.
-CronExpression = Annotated[str, AfterValidator(check_cron_expression)]
+# A schedule is checked by building it as the scheduler will (audit_watch.core.cron).
+CronExpression = Annotated[str, AfterValidator(check_expression)]
 TimeZoneName = Annotated[str, AfterValidator(_checked_timezone)]
-# A rule's or report's name (see NAME_PATTERN).
-Name = Annotated[str, AfterValidator(check_name)]
 # A URL that carries a secret (a Slack webhook, a heartbeat URL): http(s) only, never shown.
 SecretHttpUrl = Annotated[SecretStr, AfterValidator(check_secret_http_url)]

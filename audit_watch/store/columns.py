@@ -2,7 +2,7 @@
 
 Rules speak in the reference schema's logical names; renames in config map them
 to physical columns. Besides the real columns a rule may use:
-- ``total_tokens`` on jobs (``input_tokens + output_tokens``, rules.md);
+- ``total_tokens`` on jobs (``input_tokens + output_tokens``);
 - ``metadata.KEY`` on events (a key of the JSON metadata).
 """
 
@@ -26,7 +26,7 @@ def real_columns(table: str) -> list[str]:
 
 def is_json_key(table: str, name: str) -> bool:
     prefix = JSON_COLUMN.get(table)
-    return bool(prefix) and name.startswith(prefix + ".") and len(name) > len(prefix) + 1
+    return prefix is not None and name.startswith(prefix + ".") and len(name) > len(prefix) + 1
 
 
 def column_problem(table: str, name: str, numeric: bool = False) -> str | None:

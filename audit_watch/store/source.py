@@ -121,7 +121,7 @@ class StatementCache:
             entry = self._entries.get(key)
             if entry is not None and entry[0]() is owner:
                 self._entries.move_to_end(key)
-                return entry[1]  # type: ignore[no-any-return]
+                return entry[1]
         value = build()
         with self._lock:
             self._entries[key] = (self._reference(owner, key), value)
