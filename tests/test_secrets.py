@@ -228,6 +228,9 @@ def test_a_webhook_error_quoting_its_url_is_stored_and_shown_without_it(tmp_path
             result = CliRunner().invoke(main, ["--config", str(config_path), *args])
             assert result.exit_code == 0, result.output
             assert secret_path not in result.output and "***" in result.output, result.output
+        for args in (["alerts"], ["alerts", "--json"]):      # the alert states go through the same scrubbing
+            result = CliRunner().invoke(main, ["--config", str(config_path), *args])
+            assert result.exit_code == 0 and "failed-jobs" in result.output, result.output
         [entry] = json.loads(CliRunner().invoke(main, ["--config", str(config_path), "alerts", "--outbox",
                                                        "--json"]).output)
         assert entry["last_error"] == f"webhook answered HTTP 404: no_service for {MASK}"
