@@ -451,3 +451,20 @@ def test_a_null_time_is_a_condition_test_rule_evaluates(tmp_path: Path, empty_st
                                        "test-rule", str(tmp_path / "rule.yaml"), "--now", NOW, "--json"])
     assert result.exit_code == 0, result.output
     assert json.loads(result.stdout)["alerts"] == []
+
+
+def test_a_broken_config_falls_back_to_the_rules_beside_it_not_in_the_working_directory(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Found by the fuzzer's slowness: with an unreadable config, check read rules/ and
+    reports/ of the working directory (here, the repository's bundled ones)."""
+    elsewhere = tmp_path / "cwd"
+    (elsewhere / "rules").mkdir(parents=True)
+    (elsewhere / "rules" / "not-mine.yaml").write_text("name: not mine\n")
+    monkeypatch.chdir(elsewhere)
+    deployment_folder = tmp_path / "deployment"
+    deployment_folder.mkdir()
+    write(deployment_folder, {"audit-watch.yaml": "rules: [\n", "rules/mine.yaml": "name: mine\n"})
+    result = check_in(deployment_folder)
+    problems = assert_problems_only(result, deployment_folder, (1,))
+    assert any("/rules/mine.yaml:1: kind: required key" in line for line in problems), problems
+    assert not any("not-mine" in line for line in problems)

@@ -39,7 +39,9 @@ def run_check(config_path: str | None, source_url: str | None = None, connect: b
     report = CheckReport()
     config, problems = read_config(config_path)
     report.problems.extend(problems)
-    base = config or Config()
+    # A config that cannot be read still has a folder: its default rules/ and reports/ are there
+    # (not in the working directory).
+    base = config or Config(base_dir=Path(config_path).resolve().parent if config_path else Path.cwd())
     context = {"channels": base.channels} if config is not None else {}
     rule_set = load_rules(base.rule_paths, context)
     report.problems.extend(rule_set.problems)
