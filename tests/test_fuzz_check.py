@@ -147,6 +147,14 @@ def valid_rule(draw: Any) -> dict[str, Any]:
     return rule
 
 
+# Where the config names folders to search, junk stays inside the deployment: a "/" or
+# ".." there would have check read every YAML file of the machine.
+SAFE_PATHS = ["rules/", "rules", "./rules", "missing-folder/", "rules/nothing.yaml"]
+PATH_KEYS = ("rules", "reports", "templates")
+path_junk = st.one_of(st.lists(st.sampled_from(SAFE_PATHS), max_size=3), st.sampled_from(SAFE_PATHS), scalar.filter(
+    lambda v: not isinstance(v, str)), st.dictionaries(st.sampled_from(SAFE_PATHS), st.none(), max_size=2))
+
+
 @st.composite
 def broken(draw: Any, base: Any) -> Any:
     """``base`` with up to three things wrong with it (or nothing: valid inputs too)."""
@@ -154,20 +162,21 @@ def broken(draw: Any, base: Any) -> Any:
     for _ in range(draw(st.integers(0, 3))):
         keys = sorted(item, key=str)
         action = draw(st.sampled_from(["replace", "drop", "add", "duration", "env", "text"]))
-        if action == "replace" and keys:
-            item[draw(st.sampled_from(keys))] = draw(junk)
+        if action in ("replace", "text") and keys:
+            key = draw(st.sampled_from(keys))
+            item[key] = draw(path_junk if key in PATH_KEYS else junk if action == "replace" else weird_text)
         elif action == "drop" and keys:
             item.pop(draw(st.sampled_from(keys)))
         elif action == "add":
-            item[draw(st.one_of(st.text(max_size=12), st.sampled_from(["notfiy", "windw", "kind"])))] = draw(junk)
+            key = draw(st.one_of(st.text(max_size=12), st.sampled_from(["notfiy", "windw", "kind"])))
+            if key not in PATH_KEYS:
+                item[key] = draw(junk)
         elif action == "duration":
             item[draw(st.sampled_from(["window", "every", "for", "repeat", "lookback", "grace", "catch_up"]))] = \
                 draw(bad_duration)
         elif action == "env" and keys:
             item[draw(st.sampled_from(keys))] = draw(st.sampled_from(["${AW_FUZZ_MISSING}", "${AW_FUZZ_SET}",
-                                                                      "${AW_FUZZ_NUMBER}"]))
-        elif action == "text" and keys:
-            item[draw(st.sampled_from(keys))] = draw(weird_text)
+                                                                      "${AW_FUZZ_NUMBER}"]))   # none is a path
     return item
 
 
@@ -234,7 +243,6 @@ channel = st.one_of(
                           optional={"port": st.one_of(st.integers(-1, 10**10), st.just("${AW_FUZZ_NUMBER}")),
                                     "timeout": st.one_of(good_duration, bad_duration)}),
 )
-SAFE_PATHS = ["rules/", "rules", "./rules", "missing-folder/", "rules/nothing.yaml"]
 config_base = st.fixed_dictionaries(
     {"rules": st.just(["rules/"]), "reports": st.just(["reports/"]),
      "channels": st.dictionaries(st.sampled_from(["archive", "hook", "mail", "x y"]), channel, max_size=3)
@@ -468,3 +476,10 @@ def test_a_broken_config_falls_back_to_the_rules_beside_it_not_in_the_working_di
     problems = assert_problems_only(result, deployment_folder, (1,))
     assert any("/rules/mine.yaml:1: kind: required key" in line for line in problems), problems
     assert not any("not-mine" in line for line in problems)
+
+
+def test_a_rules_folder_that_does_not_exist_is_a_problem_at_the_config_line(tmp_path: Path) -> None:
+    """Found by the fuzzer: the problem named the missing folder, with no line."""
+    write(tmp_path, {"audit-watch.yaml": "timezone: UTC\nrules:\n  - rules/\n  - missing-folder/\n"})
+    problems = assert_problems_only(check_in(tmp_path), tmp_path, (1,))
+    assert problems == [f"{tmp_path}/audit-watch.yaml:4: rules[1]: no such file or folder: missing-folder/"]
