@@ -78,12 +78,17 @@ class LocatedDocument:
 
 
 def dotted(path: Iterable[str | int]) -> str:
+    """``rules[0].where.status``; a key that is empty, starts or ends with a space or
+    holds a character that does not print is quoted (``channels.' x'``)."""
     out = ""
     for part in path:
         if isinstance(part, int):
             out += f"[{part}]"
         else:
-            out += ("." if out else "") + str(part)
+            text = str(part)
+            if not text or text != text.strip() or not text.isprintable():
+                text = repr(text)
+            out += ("." if out else "") + text
     return out
 
 
