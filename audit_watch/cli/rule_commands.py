@@ -21,6 +21,7 @@ from audit_watch.cli.options import (
     now_or_clock,
     rules_of_file,
 )
+from audit_watch.core.secrets import scrub
 
 
 @click.command()
@@ -32,7 +33,7 @@ def check(settings: Settings, connect: bool) -> None:
 
     report = run_check(settings.config_path, settings.source_url, connect)
     for problem in report.problems:
-        click.echo(str(problem), err=True)
+        click.echo(scrub(str(problem)), err=True)
     if report.problems:
         click.echo(f"{len(report.problems)} problem(s).", err=True)
         sys.exit(EXIT_FAILED)

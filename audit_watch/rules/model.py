@@ -15,7 +15,7 @@ from pydantic_core import PydanticCustomError
 
 from audit_watch.core.durations import Duration
 from audit_watch.core.numbers import format_number
-from audit_watch.core.validators import CronExpression, TimeZoneName, check_channel_names
+from audit_watch.core.validators import CronExpression, TimeZoneName, check_channel_names, check_name
 from audit_watch.store.columns import column_problem
 from audit_watch.store.where import Condition, parse_where
 
@@ -52,7 +52,7 @@ class RuleBase(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 
-    name: str = Field(min_length=1)
+    name: str
     description: str = ""
     kind: str
     source: Source = "jobs"
@@ -76,11 +76,10 @@ class RuleBase(BaseModel):
 
     @field_validator("name")
     @classmethod
-    def _not_a_report_job(cls, value: str) -> str:
-        # The run ledger names a scheduled report's runs "report:NAME".
-        if value.startswith("report:"):
-            raise ValueError("a rule name cannot start with 'report:'")
-        return value
+    def _check_name(cls, value: str) -> str:
+        # Names go into e-mail subjects, file names, metric labels and the run ledger
+        # (whose "report:NAME" and "audit-watch:..." jobs the pattern keeps apart).
+        return check_name(value)
 
     @field_validator("where", mode="before")
     @classmethod
