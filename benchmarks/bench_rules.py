@@ -107,7 +107,7 @@ def main() -> int:
             # the same read-only transaction around each.
             with src.connect() as conn:
                 started = time.perf_counter()
-                findings = kind.find(rule, EvalContext(src, conn, now))
+                found = kind.find(rule, EvalContext(src, conn, now))
                 query_ms.append((time.perf_counter() - started) * 1000)
             with src.connect() as conn:
                 started = time.perf_counter()
@@ -121,7 +121,7 @@ def main() -> int:
         assert evaluation.error is None, evaluation.error
         q, s_, f = statistics.median(query_ms), statistics.median(sql_ms), statistics.median(full_ms)
         n_hand = _hand_count(rule, hand_rows)
-        agree = len(evaluation.alerts) == n_hand == len(findings)
+        agree = len(evaluation.alerts) == n_hand == len(found.findings)
         rows.append((rule.name, rule.kind, q, s_, q / s_ if s_ else float("inf"), f, len(evaluation.alerts), n_hand, agree))
         print(f"{rule.name:24} query {q:9.1f} ms  hand {s_:9.1f} ms  ratio {q / s_:5.2f}  "
               f"full {f:9.1f} ms  alerts {len(evaluation.alerts)}/{n_hand}", flush=True)

@@ -92,11 +92,14 @@ def _recent_runs(due_by: datetime, limit: int) -> tuple[list[str], list[datetime
 def new_login_ip(rule: Any, now: datetime) -> tuple[str, dict[str, Any]]:
     window_start = now - rule.window
     sql = """
-        SELECT user_id, metadata->>'ip' AS ip, count(*) FILTER (WHERE created_at > :ws)
-        FROM events
-        WHERE event_type = 'auth.login' AND created_at > :ls AND created_at <= :now AND metadata ? 'ip'
-        GROUP BY user_id, metadata->>'ip'
-        HAVING min(created_at) > :ws
+        SELECT w.user_id, w.metadata->>'ip' AS ip, count(*), min(w.created_at)
+        FROM events w
+        WHERE w.event_type = 'auth.login' AND w.created_at > :ws AND w.created_at <= :now AND w.metadata ? 'ip'
+          AND NOT EXISTS (
+              SELECT 1 FROM events p
+              WHERE p.event_type = 'auth.login' AND p.created_at > :ls AND p.created_at <= :ws
+                AND p.user_id = w.user_id AND p.metadata->>'ip' = w.metadata->>'ip')
+        GROUP BY w.user_id, w.metadata->>'ip'
     """
     return sql, {"ws": window_start, "ls": window_start - rule.lookback, "now": now}
 
@@ -115,14 +118,15 @@ def provider_error_burst(rule: Any, now: datetime) -> tuple[str, dict[str, Any]]
 
 def sensitive_actions(rule: Any, now: datetime) -> tuple[str, dict[str, Any]]:
     sql = """
-        SELECT id, user_id, event_type, severity, description, agent_id, team_id, metadata, created_at
+        SELECT id, user_id, event_type, severity, description, agent_id, team_id, metadata, created_at,
+               count(*) OVER () AS matching
         FROM events
         WHERE event_type = ANY(:types) AND created_at > :start AND created_at <= :now
         ORDER BY created_at, id
         LIMIT :limit
     """
     types = [c.value for c in rule.where if c.column == "event_type"][0]
-    return sql, {"types": list(types), "start": now - rule.window, "now": now, "limit": rule.max_alerts + 1}
+    return sql, {"types": list(types), "start": now - rule.window, "now": now, "limit": rule.max_groups}
 
 
 def token_budget(rule: Any, now: datetime) -> tuple[str, dict[str, Any]]:

@@ -250,3 +250,100 @@ def test_cron_consecutive_misses_stop_at_max_runs(insert, evaluate):
     assert values(alerts) == {"c1": 10}
     assert alerts[0].details["at_least"] is True
     assert alerts[0].details["expected_at"] == (NOW - timedelta(minutes=15)).isoformat()
+
+
+# --- streaks across slices of runs, against a count fire by fire --------------------------------
+
+from audit_watch.store.cron_runs import ScheduleRuns, at_or_after, fired_within, merged_windows  # noqa: E402
+
+
+def test_merged_windows_join_overlaps_and_stay_under_the_limit():
+    w = [(utc(2026, 11, 20, h), utc(2026, 11, 20, h, 15)) for h in (1, 2, 4)]
+    assert merged_windows(w + [(utc(2026, 11, 20, 1, 10), utc(2026, 11, 20, 1, 20))]) == [
+        (utc(2026, 11, 20, 1), utc(2026, 11, 20, 1, 20)), w[1], w[2]]
+    # past the limit the shortest gaps are joined (5 and 45 minutes), the widest stays open
+    folded = merged_windows(w + [(utc(2026, 11, 20, 4, 20), utc(2026, 11, 20, 4, 30))], limit=2)
+    assert folded == [(utc(2026, 11, 20, 1), utc(2026, 11, 20, 2, 15)), (utc(2026, 11, 20, 4), utc(2026, 11, 20, 4, 30))]
+
+
+def test_fired_within_takes_the_newest_fire_in_the_range():
+    fires = [utc(2026, 11, 20, 9, 1), utc(2026, 11, 20, 9, 5), utc(2026, 11, 20, 10, 1)]
+    assert fired_within(fires, utc(2026, 11, 20, 9), utc(2026, 11, 20, 9, 15)) == utc(2026, 11, 20, 9, 5)
+    assert fired_within(fires, utc(2026, 11, 20, 9, 6), utc(2026, 11, 20, 9, 59)) is None
+    assert fired_within(fires, utc(2026, 11, 20, 10, 1), utc(2026, 11, 20, 10, 1)) == utc(2026, 11, 20, 10, 1)
+
+
+def test_schedule_runs_are_walked_once_and_cut_at_since():
+    runs = ScheduleRuns("0 * * * *", "UTC", utc(2026, 11, 20, 12, 30))
+    assert runs.first(2) == [utc(2026, 11, 20, 12), utc(2026, 11, 20, 11)]
+    assert runs.since(utc(2026, 11, 20, 9), 100) == [utc(2026, 11, 20, h) for h in (12, 11, 10, 9)]
+    assert runs.since(utc(2026, 11, 19), 3) == [utc(2026, 11, 20, h) for h in (12, 11, 10)]
+    assert at_or_after(runs.first(4), utc(2026, 11, 20, 10, 30)) == 2
+
+
+def count_missed(schedule, tz, fires, now, grace, created, max_runs):
+    """Fire by fire, without audit-watch's slices."""
+    missed = 0
+    for run in expected_runs(schedule, tz, now - grace, created, max_runs):
+        if any(run <= f <= run + grace for f in fires):
+            break
+        missed += 1
+    return missed
+
+
+@pytest.mark.parametrize("streak", [1, 2, 3, 4, 8, 30, 63, 64, 99])
+def test_streaks_crossing_the_slices_of_runs_are_exact(insert, evaluate, streak):
+    # hourly, latest run due 11:00; fired on time until `streak` runs ago (slices: 1, 1, 2, 4, ... runs)
+    fires = [utc(2026, 11, 20, 11, 2) - timedelta(hours=streak + k) for k in range(3)]
+    insert({"crons": [cron(schedule="0 * * * *", created_at="-30d")],
+            "events": [fired(at.isoformat()) for at in fires]})
+    alerts = evaluate(RULE)
+    expected = count_missed("0 * * * *", "UTC", fires, NOW, timedelta(minutes=15), NOW - timedelta(days=30), 100)
+    assert values(alerts) == {"c1": expected} and expected == streak
+    assert alerts[0].details["last_fired"] == max(fires).isoformat()
+
+
+def test_a_late_fire_after_the_streak_began_is_the_last_fire_but_no_run_fired(insert, evaluate):
+    # c1 hourly at :00 ran on time at 09:00, then 20 minutes late for 10:00 (inside c2's
+    # window for its 10:20 run, so c1's newest fire there belongs to no run of c1)
+    insert({"crons": [cron(schedule="0 * * * *"), cron("c2", schedule="20 * * * *")],
+            "events": [fired("2026-11-20T09:00:30Z"), fired("2026-11-20T10:20:00Z"),
+                       fired("2026-11-20T09:20:30Z", "c2")]})
+    alerts = {a.group["cron_id"]: a for a in evaluate(RULE)}
+    assert {cron_id: a.value for cron_id, a in alerts.items()} == {"c1": 2, "c2": 2}
+    assert alerts["c1"].details["last_fired"] == "2026-11-20T10:20:00+00:00"
+    assert alerts["c2"].details["last_fired"] == "2026-11-20T09:20:30+00:00"
+
+
+def test_random_fleets_match_the_count_fire_by_fire(insert, evaluate):
+    """A small differential test (fixed seed): crons on several schedules and time zones,
+    fires on time, late, early or missing, created at various times."""
+    import random
+
+    rng = random.Random(10)
+    schedules = ["*/5 * * * *", "0 * * * *", "30 */2 * * *", "15 9 * * *", "0 9 * * 1-5", "*/20 * * * *"]
+    zones = ["UTC", "Europe/Berlin", "America/New_York", "Asia/Kolkata"]
+    crons, events, expected = [], [], {}
+    for i in range(40):
+        schedule, zone = rng.choice(schedules), rng.choice(zones)
+        created = NOW - timedelta(hours=rng.choice([2, 30, 200]))
+        stop = NOW - timedelta(minutes=rng.choice([0, 20, 70, 300, 3000]))
+        fires = []
+        for run in reversed(expected_runs(schedule, zone, NOW, NOW - timedelta(days=10), 3000)):
+            if run > stop:
+                break
+            roll = rng.random()
+            offset = (timedelta(minutes=rng.randint(0, 14)) if roll < 0.85 else
+                      timedelta(minutes=rng.randint(16, 40)) if roll < 0.93 else
+                      -timedelta(minutes=1) if roll < 0.96 else None)
+            if offset is not None and run + offset <= NOW:
+                fires.append(run + offset)
+        cron_id = f"c{i:02d}"
+        crons.append(cron(cron_id, schedule=schedule, timezone=zone, created_at=created.isoformat()))
+        events += [fired(at.isoformat(), cron_id) for at in fires]
+        count = count_missed(schedule, zone, fires, NOW, timedelta(minutes=15), created, 100)
+        if count:
+            expected[cron_id] = count
+    insert({"crons": crons, "events": events})
+    assert values(evaluate({**RULE, "max_groups": 100})) == expected
+    assert len(expected) >= 10

@@ -41,7 +41,7 @@ from audit_watch.daemon.freshness import FRESHNESS_RULE, FreshnessWatch, fires_o
 from audit_watch.daemon.once import run_once
 from audit_watch.daemon.runtime import watch_snapshot
 from audit_watch.daemon.schedules import TickPoolExecutor, latest_tick, scheduled_time
-from audit_watch.daemon.self_alerts import failing_rule_name
+from audit_watch.daemon.self_alerts import builtin_rule, failing_rule_name
 from audit_watch.daemon.service import Daemon
 from audit_watch.daemon.tick import run_rule_tick
 from audit_watch.rules.loader import RULE_ADAPTER
@@ -366,7 +366,7 @@ def test_removed_rules_do_not_leave_their_alerts_firing(deployment: Path, frozen
     now = T0 + timedelta(minutes=30)
     _fire(state_url_, rule(name="second", notify=["archive"]), now - timedelta(minutes=5))
     _fire(state_url_, rule(name="deleted-while-down", notify=["archive"]), now - timedelta(minutes=20))
-    _fire(state_url_, rule(name=failing_rule_name("deleted-while-down"), notify=["archive"]),
+    _fire(state_url_, builtin_rule(failing_rule_name("deleted-while-down"), "", ["archive"]),
           now - timedelta(minutes=20))
     # Unknown here but evaluated a minute ago: another replica still runs it (a rolling change).
     _fire(state_url_, rule(name="on-another-replica", notify=["archive"]), now - timedelta(minutes=1))

@@ -140,13 +140,14 @@ def test_any_is_one_alert_per_matching_row(insert, evaluate):
     assert alerts[0].details["at"] == "2026-11-20T11:30:00+00:00"
 
 
-def test_any_stops_at_max_alerts_oldest_first_and_marks_the_cut(insert, evaluate):
+def test_any_stops_at_max_alerts_oldest_first_and_counts_every_row(insert, evaluate):
     insert({"jobs": [{"id": f"j{i}", "at": f"-{i}m", "status": "failed"} for i in range(1, 8)]})
     alerts = evaluate({"kind": "any", "where": {"status": "failed"}, "window": "1h", "max_alerts": 3})
     assert [a.group["id"] for a in alerts] == ["j7", "j6", "j5"]
-    assert alerts[-1].details.get("truncated") is True
-    exact = evaluate({"kind": "any", "where": {"status": "failed"}, "window": "1h", "max_alerts": 7})
-    assert len(exact) == 7 and "truncated" not in exact[-1].details
+    assert [(a.firing_groups, a.tracked_groups) for a in alerts] == [(7, 3)] * 3
+    assert alerts[0].groups_summary == "7 rows firing; the 3 most severe are tracked"
+    exact = evaluate({"kind": "any", "where": {"status": "failed"}, "window": "1h", "max_groups": 7})
+    assert len(exact) == 7 and exact[0].firing_groups == 7 and exact[0].groups_summary is None
 
 
 def test_any_keeps_group_by_values_beside_the_row_id(insert, evaluate):

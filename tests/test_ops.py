@@ -24,7 +24,8 @@ from audit_watch.config.model import Config, HeartbeatConfig
 from audit_watch.core.logs import configure_logging
 from audit_watch.core.outcomes import RunOutcome
 from audit_watch.daemon.context import TickContext
-from audit_watch.daemon.ops import Health, Metrics, OpsServer, StateCollector, heartbeat_tick, ops_app, send_heartbeat
+from audit_watch.daemon.http_server import OpsServer
+from audit_watch.daemon.ops import Health, Metrics, StateCollector, heartbeat_tick, ops_app, send_heartbeat
 from audit_watch.daemon.schedules import interval_trigger, rule_trigger
 from audit_watch.daemon.tick import TickOutcome
 from audit_watch.rules.evaluate import Evaluation

@@ -12,6 +12,11 @@ database, no clock) and says what people must hear about:
 Silenced alerts change state like any other; only their notifications are held
 back, so the first evaluation after a silence ends tells what is still firing.
 
+An evaluation that left firing groups out (more fired than the rule's
+``max_groups``) is not *complete*: a tracked alert missing from it may only have
+ranked below the cut, so it keeps its state (and its last value) rather than
+resolving; the next complete evaluation decides.
+
 :func:`plan` groups one rule's notifications per channel: everything of one kind
 goes out as ONE message (one Slack message listing 12 agents). Repeats and
 resolutions thread under the message that announced the firing, so on channels
@@ -95,8 +100,10 @@ def decide(
     alerts: list[Alert],
     now: datetime,
     active_silences: list[Silence],
+    complete: bool = True,
 ) -> Step:
-    """Apply one evaluation of ``rule`` at ``now`` to its prior states."""
+    """Apply one evaluation of ``rule`` at ``now`` to its prior states (``complete``:
+    whether a group missing from ``alerts`` is known not to fire)."""
     step = Step()
     current: dict[str, Alert] = {}
     for alert in alerts:  # the last one wins should a kind ever repeat a group
@@ -129,6 +136,9 @@ def decide(
 
     for fp, before in prior.items():
         if fp in current or before.state == "resolved":
+            continue
+        if not complete:
+            step.changed.append(replace(before, last_evaluated_at=now))  # below the cut: unknown
             continue
         if before.state == "pending":
             step.removed.append(fp)

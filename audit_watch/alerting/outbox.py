@@ -17,6 +17,7 @@ A row left ``sending`` by a crashed worker is taken again when its lease ends
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import random
 from collections.abc import Iterable
@@ -30,6 +31,7 @@ from sqlalchemy.engine import Connection
 from audit_watch.alerting.state import StateStore, alert_threads, outbox
 from audit_watch.channels.base import DeliveryResult, Notification
 from audit_watch.core.outcomes import DeliveryOutcome, OutboxStatus
+from audit_watch.core.secrets import scrub
 
 log = logging.getLogger(__name__)
 
@@ -168,6 +170,9 @@ def record(
     worker took the row over after this worker's lease ran out)."""
     n = claimed.notification
     values: dict[str, Any] = {"claimed_until": None}
+    # A channel's error may quote what it was given (a URL, a token): never store a secret.
+    if result.error:
+        result = dataclasses.replace(result, error=scrub(result.error))
     if result.remote_ref is not None:
         values["remote_ref"] = result.remote_ref
     if result.ok:

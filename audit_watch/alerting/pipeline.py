@@ -106,7 +106,7 @@ def process(
             if why := stale(evaluation, prior):
                 summary.skipped.append((rule.name, why))
                 continue
-            step = decide(rule, prior, evaluation.alerts, evaluation.now, silences)
+            step = decide(rule, prior, evaluation.alerts, evaluation.now, silences, evaluation.complete)
             store_step(conn, prior, step)
             summary.evaluations += 1
             summary.transitions.update(transitions(prior, step))

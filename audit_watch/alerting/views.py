@@ -29,6 +29,12 @@ class AlertRow:
     fingerprint: str
     recent_values: list[list[Any]]
     list_link: str
+    last_seen_at: datetime | None = None
+    # At the latest evaluation that kept this group: the rule's firing groups in all,
+    # and how many were tracked (the most severe max_groups).
+    firing_groups: int | None = None
+    tracked_groups: int | None = None
+    groups_summary: str | None = None
 
 
 def alerts_table(state: StateStore, include_resolved: bool = True) -> list[AlertRow]:
@@ -42,7 +48,9 @@ def alerts_table(state: StateStore, include_resolved: bool = True) -> list[Alert
             value=s.alert.get("value"), started_at=s.started_at, fired_at=s.fired_at, resolved_at=s.resolved_at,
             last_evaluated_at=s.last_evaluated_at, last_notified_at=s.last_notified_at,
             silenced_by=s.silenced_by, fingerprint=s.fingerprint, recent_values=s.recent_values,
-            list_link=str(s.alert.get("list_link", "")),
+            list_link=str(s.alert.get("list_link", "")), last_seen_at=s.last_seen_at,
+            firing_groups=s.alert.get("firing_groups"), tracked_groups=s.alert.get("tracked_groups"),
+            groups_summary=s.to_alert().groups_summary,
         )
         for s in items
     ]

@@ -33,6 +33,7 @@ from audit_watch.channels.messages import MessageContext
 from audit_watch.channels.render import Renderer
 from audit_watch.channels.slack_messages import alert_message, report_message
 from audit_watch.core.errors import short_error
+from audit_watch.core.validators import SecretHttpUrl
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +48,7 @@ class SlackChannel(ChannelSettings):
 
 class SlackWebhookChannel(ChannelSettings):
     type: Literal["slack_webhook"]
-    url: SecretStr
+    url: SecretHttpUrl
     max_rows: int = Field(default=10, ge=0, le=20)
 
 

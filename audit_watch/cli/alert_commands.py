@@ -9,6 +9,7 @@ from typing import Any
 import click
 
 from audit_watch.cli.options import DURATION, TS, Settings, common_options, now_or_clock
+from audit_watch.core.secrets import scrub_data
 
 
 @click.command()
@@ -25,13 +26,14 @@ def alerts(settings: Settings, as_json: bool, outbox: bool, active: bool) -> Non
     state = StateStore.from_config(settings.config)
     try:
         if outbox:
-            entries = views.outbox_table(state)
+            # Stored errors may predate a secret's configuration: scrubbed on the way out too.
+            entries = scrub_data(views.outbox_table(state))
             if as_json:
                 click.echo(json.dumps([_plain(e) for e in entries], default=str))
             else:
                 console.print(outbox_view(entries, views.outbox_summary(state)))
             return
-        rows = views.alerts_table(state, include_resolved=not active)
+        rows = scrub_data(views.alerts_table(state, include_resolved=not active))
         if as_json:
             click.echo(json.dumps([_plain(r) for r in rows], default=str))
         else:

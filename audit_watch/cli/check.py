@@ -15,7 +15,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from audit_watch.channels.render import BUNDLED_TEMPLATES, check_templates
 from audit_watch.config.model import Config, read_config
-from audit_watch.core.yaml_source import Problem
+from audit_watch.core.yaml_source import InputError, Problem, load_yaml
 from audit_watch.daemon.runtime import build_triggers
 from audit_watch.reports import report_definitions
 from audit_watch.rules.loader import load_rules
@@ -39,7 +39,9 @@ def run_check(config_path: str | None, source_url: str | None = None, connect: b
     report = CheckReport()
     config, problems = read_config(config_path)
     report.problems.extend(problems)
-    base = config or Config()
+    # A config that cannot be read still has a folder: its default rules/ and reports/ are there
+    # (not in the working directory).
+    base = config or Config(base_dir=Path(config_path).resolve().parent if config_path else Path.cwd())
     context = {"channels": base.channels} if config is not None else {}
     rule_set = load_rules(base.rule_paths, context)
     report.problems.extend(rule_set.problems)
@@ -55,9 +57,26 @@ def run_check(config_path: str | None, source_url: str | None = None, connect: b
     report.problems.extend(template_problems)
     if connect and config is not None:
         report.problems.extend(check_source_tables(config, source_url))
+    if config is not None:
+        report.problems = [_at_config_line(config, p) for p in report.problems]
     # Files in order, and within a file by line: the order an editor walks them.
     report.problems.sort(key=lambda p: (p.file, p.line))
     return report
+
+
+def _at_config_line(config: Config, problem: Problem) -> Problem:
+    """A configured rules/reports path that does not exist, said where the config names it."""
+    if problem.line or problem.field not in ("rules", "reports") or not config.file:
+        return problem
+    written = getattr(config, problem.field)
+    for index, path in enumerate(written):
+        if config.resolve(path) == Path(problem.file):
+            try:
+                line = load_yaml(config.file).line_of((problem.field, index))
+            except InputError:
+                return problem
+            return Problem(config.file, line, f"{problem.field}[{index}]", f"{problem.message}: {path}")
+    return problem
 
 
 def check_template_dirs(folders: list[Path]) -> tuple[int, list[Problem]]:

@@ -17,6 +17,7 @@ from audit_watch.cli.options import Settings
 from audit_watch.cli.report_commands import export, report
 from audit_watch.cli.rule_commands import backtest, check, test_rule, test_rules
 from audit_watch.cli.run_commands import run
+from audit_watch.core.logs import configure_cli_logging
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -28,7 +29,7 @@ from audit_watch.cli.run_commands import run
 @click.pass_context
 def main(ctx: click.Context, config_path: str | None, source_url: str | None, log_level: str | None) -> None:
     """Alerts and reports over Auxot's audit logs (Jobs, Threads, Events)."""
-    logging.basicConfig(level=(log_level or "WARNING").upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    configure_cli_logging(logging.getLevelName((log_level or "WARNING").upper()))
     settings = ctx.ensure_object(Settings)
     settings.config_path, settings.source_url = config_path, source_url
     settings.log_level = logging.getLevelName(log_level.upper()) if log_level else None

@@ -13,6 +13,7 @@ from sqlalchemy.exc import OperationalError
 
 from audit_watch.config.model import Config, load_config
 from audit_watch.core.durations import parse_duration
+from audit_watch.core.secrets import remember_url_password, scrub
 from audit_watch.core.timestamps import parse_timestamp
 from audit_watch.core.yaml_source import InputError
 
@@ -73,17 +74,18 @@ def common_options(command: Callable[..., Any]) -> Callable[..., Any]:
         settings: Settings = ctx.ensure_object(Settings)
         settings.config_path = config_path or settings.config_path
         settings.source_url = source_url or settings.source_url
+        remember_url_password(settings.source_url)
         try:
             return ctx.invoke(command, settings, **kwargs)
         except InputError as exc:
             for problem in exc.problems:
-                click.echo(str(problem), err=True)
+                click.echo(scrub(str(problem)), err=True)
             ctx.exit(EXIT_BAD_INPUT)
         except OperationalError as exc:
             # An unreachable or missing database is an operator's problem, not a bug:
             # say which, without a traceback (and without the URL's password).
             reason = str(exc.orig).strip().splitlines()[0] if exc.orig else str(exc).splitlines()[0]
-            click.echo(f"cannot use the database: {reason}", err=True)
+            click.echo(scrub(f"cannot use the database: {reason}"), err=True)
             ctx.exit(EXIT_BAD_INPUT)
 
     return wrapper

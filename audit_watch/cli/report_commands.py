@@ -11,6 +11,7 @@ import click
 from audit_watch.cli.options import EXIT_FAILED, EXIT_OK, TS, Settings, audit_source, common_options, now_or_clock
 from audit_watch.config.model import Config
 from audit_watch.core.outcomes import OutboxStatus
+from audit_watch.core.secrets import scrub
 
 
 @click.command()
@@ -106,9 +107,9 @@ def _deliver_report(config: Config, result: Any, channels: tuple[str, ...], now:
             click.echo(f"{head}: delivered", err=True)
         elif row.status == OutboxStatus.DEAD:
             dead = True
-            click.echo(f"{head}: dead: {row.last_error}", err=True)
+            click.echo(f"{head}: dead: {scrub(row.last_error or '')}", err=True)
         elif row.status == OutboxStatus.RETRYING:
-            click.echo(f"{head}: retrying at {row.next_attempt_at:%Y-%m-%d %H:%M:%S} UTC ({row.last_error}); "
+            click.echo(f"{head}: retrying at {row.next_attempt_at:%Y-%m-%d %H:%M:%S} UTC ({scrub(row.last_error or '')}); "
                        "the outbox keeps it: `audit-watch run` delivers it later", err=True)
         else:  # queued or sending: another audit-watch is delivering it
             click.echo(f"{head}: {row.status} in the outbox (id {row.id}): `audit-watch run` delivers it", err=True)

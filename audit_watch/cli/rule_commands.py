@@ -21,6 +21,7 @@ from audit_watch.cli.options import (
     now_or_clock,
     rules_of_file,
 )
+from audit_watch.core.secrets import scrub
 
 
 @click.command()
@@ -32,7 +33,7 @@ def check(settings: Settings, connect: bool) -> None:
 
     report = run_check(settings.config_path, settings.source_url, connect)
     for problem in report.problems:
-        click.echo(str(problem), err=True)
+        click.echo(scrub(str(problem)), err=True)
     if report.problems:
         click.echo(f"{len(report.problems)} problem(s).", err=True)
         sys.exit(EXIT_FAILED)
@@ -64,19 +65,27 @@ def test_rule(settings: Settings, file: str, now: datetime | None, rule_name: st
             click.echo(f"{rule.name}: evaluation failed: {evaluation.error}", err=True)
             continue
         if as_json:
-            click.echo(json.dumps(_test_rule_json(rule.name, moment, evaluation.alerts), default=str))
+            click.echo(json.dumps(_test_rule_json(rule.name, moment, evaluation), default=str))
         else:
             title = f"{rule.name} at {moment:%Y-%m-%d %H:%M:%S} UTC: {len(evaluation.alerts)} alert(s)"
+            summary = evaluation.alerts[0].groups_summary if evaluation.alerts else None
+            if summary:
+                title += f" ({summary})"
             console.print(alerts_table(evaluation.alerts, title=title, with_rule=False))
     sys.exit(EXIT_BAD_INPUT if failed else EXIT_OK)
 
 
-def _test_rule_json(name: str, now: datetime, alerts: list[Any]) -> dict[str, Any]:
+def _test_rule_json(name: str, now: datetime, evaluation: Any) -> dict[str, Any]:
     from audit_watch.core.numbers import number
 
+    alerts = evaluation.alerts
     return {
         "rule": name,
         "now": now.isoformat(),
+        # Groups that fire in all; "alerts" holds the most severe max_groups of them.
+        "firing_groups": evaluation.firing_groups,
+        "max_groups": evaluation.rule.max_groups,
+        "groups_summary": alerts[0].groups_summary if alerts else None,
         "alerts": [
             {
                 "group": a.group,

@@ -123,8 +123,10 @@ def _when(moment: Any) -> str:
 
 
 def states_view(rows: Iterable[Any]) -> Table:
-    """``audit-watch alerts``: one line per (rule, group)."""
-    table = Table(title="alert states")
+    """``audit-watch alerts``: one line per (rule, group); below, for each rule that
+    left firing groups untracked, how many fired at its latest evaluation."""
+    rows = list(rows)
+    table = Table(title="alert states", caption="\n".join(_left_out(rows)) or None, caption_justify="left")
     for name in ("rule", "group", "state", "severity", "value", "since", "last evaluated", "last notified", "silenced"):
         table.add_column(name, no_wrap=name not in ("group",))
     for row in rows:
@@ -138,6 +140,16 @@ def states_view(rows: Iterable[Any]) -> Table:
             f"#{row.silenced_by}" if row.silenced_by else "",
         )
     return table
+
+
+def _left_out(rows: list[Any]) -> list[str]:
+    latest: dict[str, Any] = {}
+    for row in rows:
+        if row.state in ("firing", "pending") and row.last_seen_at is not None:
+            if row.rule not in latest or row.last_seen_at > latest[row.rule].last_seen_at:
+                latest[row.rule] = row
+    return [f"{rule}: {_escape(row.groups_summary)} (at {_when(row.last_seen_at)})"
+            for rule, row in sorted(latest.items()) if row.groups_summary]
 
 
 def outbox_view(entries: Iterable[Any], summary: dict[str, int]) -> Table:

@@ -15,7 +15,6 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
-    SecretStr,
     ValidationError,
     ValidationInfo,
     field_validator,
@@ -25,7 +24,8 @@ from pydantic_core import PydanticCustomError
 
 from audit_watch.channels.registry import ChannelConfig
 from audit_watch.core.durations import Duration
-from audit_watch.core.validators import TimeZoneName
+from audit_watch.core.secrets import remember_model_secrets, remember_url_password
+from audit_watch.core.validators import ENV_MISSING, SecretHttpUrl, TimeZoneName
 from audit_watch.core.yaml_source import InputError, LocatedDocument, Problem, interpolate_env, load_yaml
 from audit_watch.store.settings import SourceConfig
 
@@ -33,7 +33,8 @@ DEFAULT_CONFIG_NAME = "audit-watch.yaml"
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+    # hide_input_in_errors: a ValidationError printed anywhere must not show a secret it was given.
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True, hide_input_in_errors=True)
 
 
 class StateConfig(_Strict):
@@ -56,7 +57,7 @@ class HeartbeatConfig(_Strict):
     that someone notices when audit-watch itself stops."""
 
     channel: str | None = None
-    url: SecretStr | None = None
+    url: SecretHttpUrl | None = None
     every: Duration = timedelta(minutes=5)
 
     @model_validator(mode="after")
@@ -286,9 +287,19 @@ def read_config(
     problems = interpolate_env(doc, environ)
     data = _anchor_sqlite_urls(doc.data, base_dir)
     try:
-        return Config.model_validate({**data, **base}), problems
+        config = Config.model_validate({**data, **base}, context={ENV_MISSING: bool(problems)})
     except ValidationError as exc:
         return None, problems + problems_from_validation(doc, exc)
+    remember_config_secrets(config)
+    return config, problems
+
+
+def remember_config_secrets(config: Config) -> None:
+    """Scrub the config's secrets from everything that leaves the process: its
+    ``SecretStr`` values and the passwords in its database URLs."""
+    remember_model_secrets(config)
+    remember_url_password(config.source.url)
+    remember_url_password(config.state.url)
 
 
 def _anchor_sqlite_urls(data: dict[str, Any], base_dir: Path) -> dict[str, Any]:

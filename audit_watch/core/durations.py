@@ -10,6 +10,9 @@ from pydantic import BeforeValidator, PlainSerializer
 
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 _PATTERN = re.compile(r"^\s*(\d+)\s*([smhdw])\s*$")
+# Ten years: longer than any window or lookback means, and far from where datetime
+# arithmetic overflows (``now - 100000000w`` raises).
+MAX_DURATION = timedelta(days=3650)
 
 
 def parse_duration(value: object) -> timedelta:
@@ -17,6 +20,8 @@ def parse_duration(value: object) -> timedelta:
     if isinstance(value, timedelta):
         if value < timedelta(0):
             raise ValueError("a duration cannot be negative")
+        if value > MAX_DURATION:
+            raise ValueError(f"{format_duration(value)} is too long: at most {format_duration(MAX_DURATION)} (10 years)")
         return value
     if isinstance(value, bool) or not isinstance(value, (str, int)):
         raise ValueError(f"expected a duration such as 15m, got {value!r}")
@@ -31,7 +36,10 @@ def parse_duration(value: object) -> timedelta:
         raise ValueError(
             f"{value!r} is not a duration: use a whole number and one unit of s, m, h, d, w (e.g. 15m)"
         )
-    return timedelta(seconds=int(match.group(1)) * _UNITS[match.group(2)])
+    seconds = int(match.group(1)) * _UNITS[match.group(2)]
+    if seconds > MAX_DURATION.total_seconds():
+        raise ValueError(f"{value.strip()!r} is too long: at most {format_duration(MAX_DURATION)} (10 years)")
+    return timedelta(seconds=seconds)
 
 
 def format_duration(value: timedelta) -> str:

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+from audit_watch.core.secrets import scrub
+
 
 def short_error(exc: BaseException) -> str:
+    """``Type: first line of the message``, at most 500 characters, secrets scrubbed."""
     text = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {text[0] if text else ''}"[:500]
+    return scrub(f"{type(exc).__name__}: {text[0] if text else ''}")[:500]

@@ -5,6 +5,12 @@ any ``extra={...}`` fields (``rule``, ``tick``, ...) and, for an exception, its
 traceback as one ``exception`` string, so a log shipper never sees a bare
 traceback line. Python warnings and exceptions escaping a thread go through
 logging too.
+
+Every handler installed here carries :class:`SecretFilter`: the configured secrets
+(:mod:`audit_watch.core.secrets`) are replaced by ``***`` in the message, its
+arguments, ``extra`` fields and tracebacks, whoever logged them. Libraries that
+print credentials at DEBUG (slack_sdk logs the whole webhook URL and the request
+headers) are kept at INFO or above whatever level is asked for.
 """
 
 from __future__ import annotations
@@ -13,14 +19,62 @@ import json
 import logging
 import sys
 import threading
+import traceback
 from datetime import UTC, datetime
+from types import TracebackType
 from typing import Any, TextIO
+
+from audit_watch.core.secrets import scrub, scrub_data
 
 # Attributes every LogRecord has; anything else came in through ``extra``.
 _STANDARD = set(vars(logging.LogRecord("", 0, "", 0, "", (), None))) | {"message", "asctime", "taskName"}
 TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
-# Libraries that are chatty at INFO: APScheduler logs every job run.
-QUIET = {"apscheduler": logging.WARNING}
+# Libraries that are chatty at INFO (APScheduler logs every job run), or that print
+# secrets at DEBUG (slack_sdk: webhook URLs, Authorization headers).
+QUIET = {"apscheduler": logging.WARNING, "slack_sdk": logging.INFO}
+
+
+class SecretFilter(logging.Filter):
+    """Scrubs remembered secrets from a record before its handler formats it."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        try:
+            message = record.getMessage()
+        except Exception:  # noqa: BLE001 - a bad format string: logging reports it itself
+            return True
+        record.msg, record.args = scrub(message), ()
+        if record.exc_info and not record.exc_text:
+            record.exc_text = logging.Formatter().formatException(record.exc_info)
+        if record.exc_text:
+            record.exc_text = scrub(record.exc_text)
+        if record.stack_info:
+            record.stack_info = scrub(record.stack_info)
+        for key, value in list(vars(record).items()):
+            if key not in _STANDARD and not key.startswith("_"):
+                setattr(record, key, scrub_data(value))
+        return True
+
+
+def add_secret_filter(handler: logging.Handler) -> None:
+    if not any(isinstance(f, SecretFilter) for f in handler.filters):
+        handler.addFilter(SecretFilter())
+
+
+def quiet_libraries(level: int) -> None:
+    """Keep the libraries in QUIET at their floor, whatever ``level`` is asked for."""
+    for name, quiet in QUIET.items():
+        logging.getLogger(name).setLevel(max(quiet, level))
+
+
+def configure_cli_logging(level: int) -> None:
+    """The other commands: plain text on stderr, secrets scrubbed."""
+    logging.basicConfig(level=level, format=TEXT_FORMAT)
+    root = logging.getLogger()
+    root.setLevel(level)
+    for handler in root.handlers:
+        add_secret_filter(handler)
+    quiet_libraries(level)
+    sys.excepthook = _print_scrubbed_exception
 
 
 class JsonFormatter(logging.Formatter):
@@ -34,9 +88,9 @@ class JsonFormatter(logging.Formatter):
         for key, value in vars(record).items():
             if key not in _STANDARD and not key.startswith("_"):
                 data[key] = value
-        if record.exc_info:
-            data["exception"] = self.formatException(record.exc_info)
-        elif record.exc_text:
+        if record.exc_info and not record.exc_text:
+            record.exc_text = self.formatException(record.exc_info)
+        if record.exc_text:
             data["exception"] = record.exc_text
         if record.stack_info:
             data["stack"] = record.stack_info
@@ -55,14 +109,21 @@ def configure_logging(log_format: str = "text", level: int | None = None, stream
         level = min(root.level or logging.INFO, logging.INFO)
     handler = logging.StreamHandler(stream or sys.stderr)
     handler.setFormatter(JsonFormatter() if log_format == "json" else logging.Formatter(TEXT_FORMAT))
+    add_secret_filter(handler)
     for old in list(root.handlers):
         root.removeHandler(old)
     root.addHandler(handler)
     root.setLevel(level)
-    for name, quiet in QUIET.items():
-        logging.getLogger(name).setLevel(max(quiet, level))
+    quiet_libraries(level)
     logging.captureWarnings(True)
     threading.excepthook = _log_thread_exception
+    sys.excepthook = _print_scrubbed_exception
+
+
+def _print_scrubbed_exception(exc_type: type[BaseException], exc: BaseException,
+                              tb: TracebackType | None) -> None:
+    """An exception nobody caught: its traceback as Python prints it, secrets scrubbed."""
+    sys.stderr.write(scrub("".join(traceback.format_exception(exc_type, exc, tb))))
 
 
 def _log_thread_exception(args: threading.ExceptHookArgs) -> None:

@@ -19,6 +19,7 @@ from audit_watch.alerting.pipeline import DeliverySummary
 from audit_watch.alerting.state import StateStore
 from audit_watch.config.model import Config, read_config
 from audit_watch.core.outcomes import RunOutcome
+from audit_watch.core.secrets import scrub
 from audit_watch.core.yaml_source import Problem
 from audit_watch.daemon import ledger
 from audit_watch.daemon.context import REPLICA_HEARTBEAT, utc_now
@@ -129,14 +130,14 @@ def run_once(config_path: str | None, source_url: str | None, now: datetime | No
     config, problems = read_config(config_path)
     if config is None or problems:
         for problem in problems:
-            print(problem, file=sys.stderr)
+            print(scrub(str(problem)), file=sys.stderr)
         return 2
     now = now or utc_now()
     with once_runtime(config, config_path, source_url, now) as (runtime, watch, problems):
         for problem in problems:
-            print(problem, file=sys.stderr)
+            print(scrub(str(problem)), file=sys.stderr)
         result = once_pass(runtime, watch, now)
-    print(result.summary())
+    print(scrub(result.summary()))
     if problems:
         return 2
     return 1 if result.failed else 0

@@ -1,8 +1,8 @@
-"""Operating the daemon: ``/metrics``, ``/healthz`` and the dead-man's switch.
+"""Operating the daemon: its metrics, ``/healthz`` and the dead-man's switch.
 
-prometheus-client's own server answers the metrics on every path, so a small
-WSGI dispatcher routes ``/metrics`` to ``make_wsgi_app()`` and answers
-``/healthz`` itself: 200 while the scheduler runs and every rule's last tick is
+The routes go on the daemon's HTTP endpoint (:mod:`audit_watch.daemon.http_server`,
+which holds the limits): ``/metrics`` is prometheus-client's ``make_wsgi_app()``;
+``/healthz`` answers 200 while the scheduler runs and every rule's last tick is
 recent, 503 (with the reasons, as JSON) otherwise.
 """
 
@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import logging
-import socket
 import threading
 import time
 import urllib.error
@@ -19,12 +18,10 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from datetime import datetime, timedelta
 from email.utils import make_msgid
 from typing import Any
-from wsgiref.simple_server import WSGIServer, make_server
 
 from apscheduler.triggers.base import BaseTrigger
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, make_wsgi_app
 from prometheus_client.core import GaugeMetricFamily
-from prometheus_client.exposition import ThreadingWSGIServer, _SilentHandler
 from prometheus_client.gc_collector import GCCollector
 from prometheus_client.platform_collector import PlatformCollector
 from prometheus_client.process_collector import ProcessCollector
@@ -41,6 +38,7 @@ from audit_watch.core.errors import short_error
 from audit_watch.core.outcomes import HeartbeatResult, OutboxStatus, RunOutcome, RunStatus, TickResult
 from audit_watch.daemon import ledger
 from audit_watch.daemon.context import TickContext
+from audit_watch.daemon.http_server import Route, Router
 from audit_watch.daemon.schedules import latest_tick, tick_gap
 from audit_watch.daemon.tick import TickOutcome
 
@@ -97,6 +95,23 @@ class Metrics:
                                   registry=registry)
         self.replicas = Gauge("audit_watch_replicas_live", "Replicas heartbeating in the state database.",
                               registry=registry)
+        self.background_errors = Counter("audit_watch_background_errors", "Errors caught in the daemon's own "
+                                         "loops and jobs (file watch, delivery loop, HTTP endpoint, scheduled "
+                                         "jobs), by task; each is logged and the task tried again.", ["task"],
+                                         registry=registry)
+        self.http_responses = Counter("audit_watch_http_responses", "HTTP answers by route and status code.",
+                                      ["route", "code"], registry=registry)
+        self.http_dropped = Counter("audit_watch_http_connections_closed", "HTTP connections closed without an "
+                                    "answer: timeout (the request did not arrive in time), evicted (closed to "
+                                    "make room for a new one), error.", ["reason"], registry=registry)
+
+    def count_http_response(self, route: str, code: int) -> None:
+        self.http_responses.labels(route, str(code)).inc()
+
+    def count_http_event(self, event: str) -> None:
+        if event == "error":
+            self.background_errors.labels("http").inc()
+        self.http_dropped.labels(event).inc()
 
     def record_tick(self, outcome: TickOutcome, kind: str) -> None:
         if outcome.status == RunOutcome.ELSEWHERE:
@@ -217,56 +232,27 @@ def _grace(trigger: BaseTrigger, now: datetime) -> timedelta:
 # --- HTTP ------------------------------------------------------------------------------------
 
 
-def ops_app(registry: CollectorRegistry, health: Health) -> Callable[..., Iterable[bytes]]:
-    """``/metrics`` (Prometheus text), ``/healthz`` (JSON; 200 or 503)."""
-    metrics = make_wsgi_app(registry)
+def ops_app(registry: CollectorRegistry, health: Health,
+            on_response: Callable[[str, int], None] | None = None) -> Router:
+    """``/metrics`` (Prometheus text), ``/healthz`` (JSON; 200 or 503), ``/`` (the paths).
+    GET and HEAD only; the limits are the server's (:mod:`audit_watch.daemon.http_server`)."""
+    # Uncompressed: the router scrubs secrets from the text it answers.
+    metrics = make_wsgi_app(registry, disable_compression=True)
 
-    def app(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
-        path = environ.get("PATH_INFO") or "/"
-        if path == "/metrics":
-            return metrics(environ, start_response)
-        if path in ("/healthz", "/health"):
-            ok, detail = health.status()
-            body = json.dumps(detail).encode()
-            start_response("200 OK" if ok else "503 Service Unavailable",
-                           [("Content-Type", "application/json"), ("Content-Length", str(len(body)))])
-            return [body]
-        body = b"audit-watch: /healthz, /metrics\n"
-        status = "200 OK" if path == "/" else "404 Not Found"
-        start_response(status, [("Content-Type", "text/plain"), ("Content-Length", str(len(body)))])
+    def healthz(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
+        ok, detail = health.status()
+        body = json.dumps(detail).encode()
+        start_response("200 OK" if ok else "503 Service Unavailable",
+                       [("Content-Type", "application/json"), ("Content-Length", str(len(body)))])
         return [body]
 
-    return app
+    def index(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
+        body = b"audit-watch: /healthz, /metrics\n"
+        start_response("200 OK", [("Content-Type", "text/plain; charset=utf-8"), ("Content-Length", str(len(body)))])
+        return [body]
 
-
-def parse_listen(listen: str) -> tuple[str, int]:
-    host, _, port = listen.rpartition(":")
-    return host.strip("[]") or "0.0.0.0", int(port)
-
-
-class OpsServer:
-    """The WSGI app on ``listen`` in a background thread."""
-
-    def __init__(self, listen: str, app: Callable[..., Iterable[bytes]]) -> None:
-        host, port = parse_listen(listen)
-        family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][0]
-        server_class: type[WSGIServer] = type("OpsWSGIServer", (ThreadingWSGIServer,), {"address_family": family})
-        self.server = make_server(host, port, app, server_class, handler_class=_SilentHandler)
-        self.thread = threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.2},
-                                       name="ops-http", daemon=True)
-
-    @property
-    def address(self) -> str:
-        host, port = self.server.server_address[:2]
-        return f"{host!s}:{port}"
-
-    def start(self) -> OpsServer:
-        self.thread.start()
-        return self
-
-    def stop(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
+    routes = [Route("/metrics", metrics), Route("/healthz", healthz), Route("/health", healthz), Route("/", index)]
+    return Router(routes, on_response=on_response)
 
 
 # --- the dead-man's switch ------------------------------------------------------------------

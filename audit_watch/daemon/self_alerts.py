@@ -9,6 +9,8 @@ from collections.abc import Iterable
 from datetime import datetime, timedelta
 from typing import Any
 
+from pydantic import field_validator
+
 from audit_watch.alerting.pipeline import process
 from audit_watch.alerting.state import StateStore, load_states
 from audit_watch.daemon import ledger
@@ -25,11 +27,23 @@ BUILTIN_PREFIX = "audit-watch: "     # the names of audit-watch's own alerts sta
 
 
 
+class BuiltinRule(RuleBase):
+    """The rule of an alert audit-watch raises or resolves itself. Its name is
+    generated ("audit-watch: rule X failing") or read back from the state database
+    (a removed rule's, perhaps written before names were checked): not input from a
+    rule file, so not held to the pattern of rule names."""
+
+    @field_validator("name")
+    @classmethod
+    def _check_name(cls, value: str) -> str:
+        return value
+
+
 def builtin_rule(name: str, description: str, notify: Iterable[str], severity: str = "warning",
                  window: timedelta = timedelta(minutes=1)) -> RuleBase:
     """A rule-shaped value for an alert audit-watch raises about itself; it goes
     through the same states, outbox and templates as any rule's."""
-    return RuleBase.model_validate({
+    return BuiltinRule.model_validate({
         "name": name, "kind": "audit-watch", "description": description, "notify": list(notify),
         "severity": severity, "window": max(window, _SECOND), "repeat": timedelta(hours=4),
     })

@@ -30,7 +30,13 @@ from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from apscheduler.events import EVENT_JOB_MAX_INSTANCES, EVENT_JOB_MISSED, JobExecutionEvent, JobSubmissionEvent
+from apscheduler.events import (
+    EVENT_JOB_ERROR,
+    EVENT_JOB_MAX_INSTANCES,
+    EVENT_JOB_MISSED,
+    JobExecutionEvent,
+    JobSubmissionEvent,
+)
 from apscheduler.schedulers.background import BackgroundScheduler
 
 from audit_watch.alerting.state import StateStore
@@ -41,7 +47,8 @@ from audit_watch.core.outcomes import HeartbeatResult, TickResult
 from audit_watch.daemon import ledger
 from audit_watch.daemon.context import REPLICA_HEARTBEAT, utc_now
 from audit_watch.daemon.freshness import FreshnessWatch, check_every, freshness_tick
-from audit_watch.daemon.ops import Health, Metrics, OpsServer, heartbeat_tick, ops_app
+from audit_watch.daemon.http_server import OpsServer
+from audit_watch.daemon.ops import Health, Metrics, heartbeat_tick, ops_app
 from audit_watch.daemon.report_jobs import run_report_tick
 from audit_watch.daemon.runtime import Runtime, load_runtime, log_disconnects, schedule_changes, watch_snapshot
 from audit_watch.daemon.schedules import TickPoolExecutor, interval_trigger, latest_tick, scheduled_time
@@ -57,6 +64,7 @@ REPORT_WORKERS = 2                        # reports built at once (each apart fr
 DELIVER_EVERY = 5.0                       # seconds; fresh notifications go out at once (a kick)
 WATCH_EVERY = 2.0                         # seconds between looks at the rule files
 STATE_ERROR_LOG_EVERY = 30.0              # one line per outage period, not one per rule tick
+BACKGROUND_ERROR_LOG_EVERY = 30.0         # the same for a failing background task
 
 
 class Daemon:
@@ -86,6 +94,7 @@ class Daemon:
         self._snapshot: Any = None
         self.load_problems = 0              # problems in rule/report files at the last load
         self._pending: Any = None
+        self._background_logged: dict[str, float] = {}
 
     # --- start ------------------------------------------------------------------------
 
@@ -115,7 +124,8 @@ class Daemon:
         listen = self.listen_override or runtime.config.daemon.listen
         if listen:
             try:
-                self.server = OpsServer(listen, ops_app(self.metrics.registry, self.health)).start()
+                app = ops_app(self.metrics.registry, self.health, self.metrics.count_http_response)
+                self.server = OpsServer(listen, app, on_event=self.metrics.count_http_event).start()
             except OSError as exc:
                 log.error("cannot listen on %s: %s", listen, exc)
                 return 1
@@ -147,6 +157,7 @@ class Daemon:
             job_defaults={"coalesce": True, "max_instances": 1}, timezone=UTC,
         )
         scheduler.add_listener(self._on_skipped, EVENT_JOB_MISSED | EVENT_JOB_MAX_INSTANCES)
+        scheduler.add_listener(self._on_job_error, EVENT_JOB_ERROR)
         self.scheduler = scheduler
         for name in runtime.rules:
             self._schedule_rule(runtime, name)
@@ -294,7 +305,7 @@ class Daemon:
                 try:
                     self.metrics.count_deliveries(deliver(runtime.ctx))
                 except Exception as exc:  # noqa: BLE001 - the outbox keeps them: the next pass tries again
-                    log.warning("delivery pass failed: %s", short_error(exc))
+                    self._background_error("delivery", exc)
 
     def _reap_job(self) -> None:
         """Take over from replicas that stopped heartbeating (one survivor each)."""
@@ -357,6 +368,18 @@ class Daemon:
             ledger.housekeeping(state, self.clock(), runtime.config.daemon.ledger_retention)
             self._retire_vanished(runtime)
 
+    def _on_job_error(self, event: JobExecutionEvent) -> None:
+        # APScheduler has logged the traceback; the job runs again at its next time.
+        self.metrics.background_errors.labels("job").inc()
+
+    def _background_error(self, task: str, exc: BaseException) -> None:
+        """A background task failed: counted, logged (once per period per task), and
+        tried again by its loop; never the end of the process."""
+        self.metrics.background_errors.labels(task).inc()
+        if time.monotonic() - self._background_logged.get(task, float("-inf")) > BACKGROUND_ERROR_LOG_EVERY:
+            self._background_logged[task] = time.monotonic()
+            log.error("%s failed (tried again): %s", task, short_error(exc), extra={"task": task})
+
     def _on_skipped(self, event: JobExecutionEvent | JobSubmissionEvent) -> None:
         # On the scheduler's thread: keep it short.
         if event.code == EVENT_JOB_MAX_INSTANCES:
@@ -368,14 +391,22 @@ class Daemon:
     # --- main loop, reload, stop ------------------------------------------------------------
 
     def serve(self) -> None:
+        """The main loop: reloads and the file watch. An error in one pass (the rule
+        folder unreadable, no descriptor left) is counted and logged, and the next
+        pass tries again: it never ends the daemon."""
         last_watch = time.monotonic()
         while not self.stop_requested.wait(0.25):
-            if self.reload_requested.is_set():
-                self.reload_requested.clear()
-                self.reload("SIGHUP")
-            elif self.runtime and self.runtime.config.daemon.reload_watch and time.monotonic() - last_watch >= WATCH_EVERY:
-                last_watch = time.monotonic()
-                self._watch()
+            watching = bool(self.runtime and self.runtime.config.daemon.reload_watch)
+            task = "reload" if self.reload_requested.is_set() else "file-watch"
+            try:
+                if self.reload_requested.is_set():
+                    self.reload_requested.clear()
+                    self.reload("SIGHUP")
+                elif watching and time.monotonic() - last_watch >= WATCH_EVERY:
+                    last_watch = time.monotonic()
+                    self._watch()
+            except Exception as exc:  # noqa: BLE001 - see the docstring
+                self._background_error(task, exc)
 
     def _watch(self) -> None:
         """Reload when the config or rule files change (and have stopped changing)."""

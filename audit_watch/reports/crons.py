@@ -1,11 +1,14 @@
 """Cron health over a period: each cron's expected runs, how many fired, how many were missed.
 
-Expected runs come from the cron's own schedule and time zone (the same
-``runs_or_skip`` the ``cron_missed`` rule uses, so DST behaves the same), from
-the cron's ``created_at`` on. A run counts as fired when a ``cron.fired`` event
-for it arrives within ``grace`` after the expected time; a run whose grace
-reaches past the end of the period and that has not fired by then is *pending*,
-neither fired nor missed. The matching is a join aggregated in SQL.
+Expected runs come from the cron's own schedule and time zone (a cron whose
+schedule cannot be read is listed with no expected runs), from the cron's
+``created_at`` on, and are matched with the ``cron.fired`` events inside their
+grace windows by the same code as the ``cron_missed`` rule
+(:mod:`audit_watch.store.cron_runs`), so DST and the grace behave the same. A run
+counts as fired when a ``cron.fired`` event for it arrives within ``grace`` after
+the expected time; a run whose grace reaches past the end of the period and that
+has not fired by then is *pending*, neither fired nor missed. The fires are read
+once for all crons, streamed one cron at a time.
 """
 
 from __future__ import annotations
@@ -13,12 +16,20 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import and_, case, func, select
+from sqlalchemy import select
 from sqlalchemy.engine import Connection
 
+from audit_watch.core.cron import CronError
 from audit_watch.reports.queries import Span, grouped, latest, lookup_names
 from audit_watch.reports.scope import ResolvedScope
-from audit_watch.store.cron_runs import FIRED, fired_per_run, runs_or_skip
+from audit_watch.store.cron_runs import (
+    FIRED,
+    RunCalendar,
+    fire_times,
+    fired_within,
+    merged_windows,
+    skip_unreadable,
+)
 from audit_watch.store.source import AuditSource
 
 DEFAULT_GRACE = timedelta(minutes=15)
@@ -38,13 +49,16 @@ def cron_health(conn: Connection, src: AuditSource, scope: ResolvedScope, span: 
     if not rows:
         return []
     start, end = span
-    runs: list[tuple[str, datetime]] = []
-    expected: dict[str, int] = {}
+    calendar = RunCalendar(end)
+    runs: dict[str, list[datetime]] = {}
     for cron in rows:
         since = max(start + timedelta(seconds=1), src.read_time(cron.created_at) or start)
-        times = runs_or_skip(cron.id, cron.schedule, cron.timezone, end, since, MAX_RUNS)
-        expected[cron.id] = len(times)
-        runs.extend((cron.id, t) for t in times)
+        try:
+            runs[cron.id] = calendar.runs(cron.schedule, cron.timezone or "UTC").since(since, MAX_RUNS)
+        except CronError as exc:      # not checked: listed with no expected runs
+            skip_unreadable(cron.id, cron.schedule, cron.timezone, exc)
+            runs[cron.id] = []
+    expected = {cron_id: len(times) for cron_id, times in runs.items()}
     outcome = _run_outcomes(conn, src, runs, end, grace)
     cron_ids = [c.id for c in rows]
     events = src.table("events")
@@ -80,28 +94,28 @@ def cron_health(conn: Connection, src: AuditSource, scope: ResolvedScope, span: 
     return out
 
 
-def _run_outcomes(conn: Connection, src: AuditSource, runs: list[tuple[str, datetime]], end: datetime,
-                  grace: timedelta) -> dict[str, tuple[int, int, datetime | None, datetime | None]]:
-    """{cron id: (missed, pending, first missed run, last missed run)}, counted in SQL."""
-    if not runs:
-        return {}
-    per_run = fired_per_run(src, [(cid, t, t + grace) for cid, t in runs])
-    unfired = per_run.c.fired == 0
-    deadline_passed = src.time_value(per_run.c.deadline) <= src.time_param(end)
-    is_missed = and_(unfired, deadline_passed)
-    is_pending = and_(unfired, ~deadline_passed)
-    stmt = (
-        select(
-            per_run.c.cron_id,
-            func.sum(case((is_missed, 1), else_=0)).label("missed"),
-            func.sum(case((is_pending, 1), else_=0)).label("pending"),
-            func.min(case((is_missed, per_run.c.expected_at), else_=None)).label("first_missed"),
-            func.max(case((is_missed, per_run.c.expected_at), else_=None)).label("last_missed"),
-        )
-        .group_by(per_run.c.cron_id)
-    )
-    return {
-        row.cron_id: (int(row.missed or 0), int(row.pending or 0),
-                      src.read_time(row.first_missed), src.read_time(row.last_missed))
-        for row in conn.execute(stmt)
-    }
+Outcome = tuple[int, int, datetime | None, datetime | None]
+
+
+def _run_outcomes(conn: Connection, src: AuditSource, runs: dict[str, list[datetime]], end: datetime,
+                  grace: timedelta) -> dict[str, Outcome]:
+    """{cron id: (missed, pending, first missed run, last missed run)}: the fires inside
+    the runs' grace windows, matched to each run with a bisect."""
+    outcome = {cron_id: _outcome(times, [], end, grace) for cron_id, times in runs.items() if times}
+    windows = merged_windows((t, t + grace) for t in {t for times in runs.values() for t in times})
+    for cron_id, fires in fire_times(conn, src, windows, [c for c, times in runs.items() if times], stream=True):
+        outcome[cron_id] = _outcome(runs[cron_id], fires, end, grace)
+    return outcome
+
+
+def _outcome(runs: list[datetime], fires: list[datetime], end: datetime, grace: timedelta) -> Outcome:
+    missed: list[datetime] = []
+    pending = 0
+    for run in runs:
+        if fires and fired_within(fires, run, run + grace) is not None:
+            continue
+        if run + grace <= end:
+            missed.append(run)
+        else:
+            pending += 1
+    return len(missed), pending, min(missed, default=None), max(missed, default=None)

@@ -24,13 +24,12 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validat
 from pydantic_core import PydanticCustomError
 
 from audit_watch.core.durations import Duration
-from audit_watch.core.validators import CronExpression, TimeZoneName, check_channel_names
+from audit_watch.core.validators import NAME_PATTERN, CronExpression, TimeZoneName, check_channel_names, check_name
 from audit_watch.reports.periods import check_period_spec
 from audit_watch.reports.scope import Scope
 
 REPORT_NAMES = ("weekly-digest", "compliance", "token-usage", "triage")
 WEEKDAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 _HOURS = re.compile(r"^\s*(\d{1,2}):(\d{2})\s*-\s*(\d{1,2}):(\d{2})\s*$")
 
 
@@ -74,9 +73,8 @@ class ReportDefinitionBase(_Strict):
     @field_validator("name")
     @classmethod
     def _check_name(cls, value: str) -> str:
-        if not _NAME.match(value):
-            raise ValueError("use letters, digits, '-', '_' and '.' (it names files and the command argument)")
-        return value
+        # It names files, e-mail subjects, the command argument and the ledger's "report:NAME".
+        return check_name(value)
 
     @field_validator("period")
     @classmethod
@@ -86,7 +84,7 @@ class ReportDefinitionBase(_Strict):
     @field_validator("template")
     @classmethod
     def _check_template(cls, value: str | None) -> str | None:
-        if value is not None and not _NAME.match(value):
+        if value is not None and not NAME_PATTERN.fullmatch(value):
             raise ValueError("a template is a base name such as weekly_digest (no folders)")
         return value
 

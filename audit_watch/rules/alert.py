@@ -13,7 +13,7 @@ from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from typing import Any
 
-from audit_watch.core.labels import group_label
+from audit_watch.core.labels import group_label, group_noun, groups_summary
 from audit_watch.core.numbers import number
 
 
@@ -54,6 +54,10 @@ class Alert:
     list_link: str
     details: dict[str, Any] = field(default_factory=dict)
     labels: dict[str, str] = field(default_factory=dict)
+    # The rule's firing groups at the evaluation in all, and how many of them are
+    # tracked as alerts (the most severe ``max_groups``). None in older records.
+    firing_groups: int | None = None
+    tracked_groups: int | None = None
 
     @property
     def fingerprint(self) -> str:
@@ -63,6 +67,28 @@ class Alert:
     def group_label(self) -> str:
         """``Support Triage`` or ``agent Support Triage, user Ana`` for people."""
         return group_label(self.group, self.group_names)
+
+    @property
+    def groups_noun(self) -> str:
+        """What this rule's groups are: ``agents``, ``rows`` (``any``), ``groups``."""
+        if self.kind == "any":
+            return "rows"
+        return group_noun(list(self.group))
+
+    @property
+    def left_out(self) -> int:
+        """Firing groups of the rule not tracked as alerts at the evaluation."""
+        if self.firing_groups is None or self.tracked_groups is None:
+            return 0
+        return max(self.firing_groups - self.tracked_groups, 0)
+
+    @property
+    def groups_summary(self) -> str | None:
+        """``3,000 agents firing; the 1,000 most severe are tracked``, or None when
+        every firing group is tracked."""
+        if not self.left_out or self.firing_groups is None or self.tracked_groups is None:
+            return None
+        return groups_summary(self.firing_groups, self.tracked_groups, self.groups_noun)
 
     def to_json(self) -> dict[str, Any]:
         data = asdict(self)

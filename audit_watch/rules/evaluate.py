@@ -19,7 +19,7 @@ from sqlalchemy.engine import Connection
 
 from audit_watch.config.model import LinksConfig
 from audit_watch.rules.alert import Alert, Finding
-from audit_watch.rules.kinds import KINDS, EvalContext
+from audit_watch.rules.kinds import KINDS, EvalContext, Found
 from audit_watch.rules.links import list_link, row_link
 from audit_watch.rules.model import RuleBase
 from audit_watch.store.source import AuditSource
@@ -44,10 +44,25 @@ class Evaluation:
     alerts: list[Alert] = field(default_factory=list)
     error: str | None = None
     seconds: float = 0.0
+    # Groups for which the rule's condition holds, in all: ``alerts`` keeps the most
+    # severe ``rule.max_groups`` of them (None: the number of alerts).
+    firing_groups: int | None = None
+    # False when groups were left out: a tracked group missing from ``alerts`` may
+    # only have ranked below the cut, and must not be resolved on that account.
+    complete: bool = True
+
+    def __post_init__(self) -> None:
+        if self.firing_groups is None:
+            self.firing_groups = len(self.alerts)
 
     @property
     def ok(self) -> bool:
         return self.error is None
+
+    @property
+    def left_out(self) -> int:
+        """Firing groups not kept as alerts."""
+        return max((self.firing_groups or 0) - len(self.alerts), 0)
 
 
 def evaluate_rule(
@@ -57,12 +72,13 @@ def evaluate_rule(
     links = links or LinksConfig()
     started = time.perf_counter()
     try:
-        alerts = _evaluate(rule, src, now, links)
+        alerts, found = _evaluate(rule, src, now, links)
     except Exception as exc:  # noqa: BLE001 - one rule's failure must not stop the others
         # DEBUG: the caller says it where it fits (the daemon once per streak, commands on stderr).
         log.debug("rule %s failed at %s: %s", rule.name, now.isoformat(), _short(exc))
         return Evaluation(rule, now, error=_short(exc), seconds=time.perf_counter() - started)
-    return Evaluation(rule, now, alerts, seconds=time.perf_counter() - started)
+    return Evaluation(rule, now, alerts, seconds=time.perf_counter() - started, firing_groups=found.total,
+                      complete=bool(found.complete))
 
 
 def evaluate_rules(
@@ -71,11 +87,12 @@ def evaluate_rules(
     return [evaluate_rule(rule, src, now, links) for rule in rules]
 
 
-def _evaluate(rule: RuleBase, src: AuditSource, now: datetime, links: LinksConfig) -> list[Alert]:
+def _evaluate(rule: RuleBase, src: AuditSource, now: datetime, links: LinksConfig) -> tuple[list[Alert], Found]:
     kind = KINDS[rule.kind]
     with src.connect() as conn:
         ctx = EvalContext(src, conn, now)
-        findings = kind.find(rule, ctx)
+        found = kind.find(rule, ctx)
+        findings = found.findings
         kind.sample(rule, ctx, findings)
         names = resolve_names(src, conn, findings)
     window_start, window_end = kind.window_range(rule, now)
@@ -118,9 +135,11 @@ def _evaluate(rule: RuleBase, src: AuditSource, now: datetime, links: LinksConfi
                 list_link=list_link(links, tab, filters, list_start, list_end),
                 details=details,
                 labels=dict(rule.labels),
+                firing_groups=found.total,
+                tracked_groups=len(findings),
             )
         )
-    return alerts
+    return alerts, found
 
 
 def resolve_names(src: AuditSource, conn: Connection, findings: list[Finding]) -> dict[tuple[str, str], str]:

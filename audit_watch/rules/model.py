@@ -15,13 +15,19 @@ from pydantic_core import PydanticCustomError
 
 from audit_watch.core.durations import Duration
 from audit_watch.core.numbers import format_number
-from audit_watch.core.validators import CronExpression, TimeZoneName, check_channel_names
+from audit_watch.core.validators import CronExpression, TimeZoneName, check_channel_names, check_name
 from audit_watch.store.columns import column_problem
 from audit_watch.store.where import Condition, parse_where
 
 Source = Literal["jobs", "threads", "events"]
 Severity = Literal["info", "warning", "critical"]
 CompareOp = Literal[">", ">=", "<", "<=", "=="]
+
+# The groups one evaluation keeps: the most severe ``max_groups``; the others are
+# counted, not tracked. The ceiling keeps one evaluation's memory, state rows and
+# messages bounded whatever a rule matches.
+DEFAULT_MAX_GROUPS = 1_000
+MAX_GROUPS_CEILING = 10_000
 
 class Comparison(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -46,7 +52,7 @@ class RuleBase(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 
-    name: str = Field(min_length=1)
+    name: str
     description: str = ""
     kind: str
     source: Source = "jobs"
@@ -66,14 +72,14 @@ class RuleBase(BaseModel):
     include_content: bool = False
     labels: dict[str, str] = Field(default_factory=dict)
     enabled: bool = True
+    max_groups: int = Field(default=DEFAULT_MAX_GROUPS, ge=1, le=MAX_GROUPS_CEILING)
 
     @field_validator("name")
     @classmethod
-    def _not_a_report_job(cls, value: str) -> str:
-        # The run ledger names a scheduled report's runs "report:NAME".
-        if value.startswith("report:"):
-            raise ValueError("a rule name cannot start with 'report:'")
-        return value
+    def _check_name(cls, value: str) -> str:
+        # Names go into e-mail subjects, file names, metric labels and the run ledger
+        # (whose "report:NAME" and "audit-watch:..." jobs the pattern keeps apart).
+        return check_name(value)
 
     @field_validator("where", mode="before")
     @classmethod
@@ -247,8 +253,26 @@ class NewValueRule(RuleBase):
 
 
 class AnyRule(RuleBase):
+    """Each row is its own group, so ``max_groups`` caps the rows alerted on; it
+    defaults lower than for other kinds (a storm of rows is read as a count and a
+    sample, not as 1,000 alerts). ``max_alerts`` is its older name."""
+
     kind: Literal["any"]
-    max_alerts: int = Field(default=50, ge=1, le=1000)
+    max_groups: int = Field(default=50, ge=1, le=MAX_GROUPS_CEILING)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _max_alerts_is_max_groups(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "max_alerts" in data:
+            data = dict(data)
+            max_alerts = data.pop("max_alerts")
+            if "max_groups" in data and data["max_groups"] != max_alerts:
+                raise PydanticCustomError(
+                    "max_alerts", "max_alerts is the older name of max_groups: give one of them",
+                    {"subpath": ["max_alerts"]},
+                )
+            data["max_groups"] = max_alerts
+        return data
 
 
 Rule = Annotated[

@@ -69,12 +69,54 @@ def parse_where(raw: Any, table: str) -> tuple[Condition, ...]:
                     raise _where_error([column, op], "contains takes text")
                 if op not in _LIST_OPERATORS and isinstance(value, (list, dict)):
                     raise _where_error([column, op], f"{op} takes a single value")
+                _check_value(table, column, op, value, [column, op])
                 conditions.append(Condition(column, op, value))
         elif isinstance(spec, list):
             raise _where_error([column], "a list needs an operator: {in: [...]} or {not_in: [...]}")
         else:
+            _check_value(table, column, "eq", spec, [column])
             conditions.append(Condition(column, "eq", spec))
     return tuple(conditions)
+
+
+def _check_value(table: str, column: str, op: str, value: Any, path: list[str]) -> None:
+    """What the SQL will need of the value, checked when the rule is loaded (not at
+    its first evaluation): numbers for numeric columns and for ordering a JSON key,
+    timestamps for time columns."""
+    if op == "contains":
+        if column in NUMERIC_COLUMNS.get(table, set()) or column in TIME_COLUMNS:
+            raise _where_error(path, f"contains works on text; {column} is not a text column")
+        return
+    if op == "exists":
+        return
+    if column in TIME_COLUMNS and op in ("in", "not_in", "not") and not (op == "not" and value is None):
+        raise _where_error(path, f"{op} does not work on times: use gt, gte, lt, lte, or null / {{not: null}}")
+    items = value if isinstance(value, list) else [value]
+    for item in items:
+        if isinstance(item, (dict, list)):
+            raise _where_error(path, "takes a number, text or timestamp, not a list or mapping")
+        if item is None:
+            continue
+        if column in NUMERIC_COLUMNS.get(table, set()) or (is_json_key(table, column) and op in _ORDER_OPERATORS):
+            if not _is_number(item):
+                raise _where_error(path, f"{column} is numeric: {item!r} is not a number")
+        elif column in TIME_COLUMNS and op in ("eq", "gt", "gte", "lt", "lte") and not isinstance(item, datetime):
+            try:
+                parse_timestamp(str(item))
+            except (ValueError, OverflowError):
+                raise _where_error(path, f"{column} is a time: {item!r} is not an ISO-8601 timestamp") from None
+
+
+def _is_number(value: Any) -> bool:
+    if isinstance(value, bool):
+        return False
+    if isinstance(value, (int, float)):
+        return True
+    try:
+        float(str(value))
+    except ValueError:
+        return False
+    return True
 
 
 # --- SQL ---------------------------------------------------------------------------
@@ -95,7 +137,7 @@ def condition_clause(src: AuditSource, table: str, cond: Condition) -> ColumnEle
         else:
             present = src.column(table, name).is_not(None)
         return present if value else not_(present)
-    if name in TIME_COLUMNS and op in ("eq", "gt", "gte", "lt", "lte"):
+    if name in TIME_COLUMNS and op in ("eq", "gt", "gte", "lt", "lte") and value is not None:
         return _time_condition(src, table, name, op, value)
     if not json_key:
         value = _coerce(src, table, name, value)

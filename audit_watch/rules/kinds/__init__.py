@@ -2,7 +2,7 @@
 
 from audit_watch.rules.kinds.absence import Absence
 from audit_watch.rules.kinds.any_row import AnyRow
-from audit_watch.rules.kinds.base import EvalContext, RuleKind
+from audit_watch.rules.kinds.base import EvalContext, Found, RuleKind
 from audit_watch.rules.kinds.cron_missed import CronMissed
 from audit_watch.rules.kinds.metric import Metric
 from audit_watch.rules.kinds.new_value import NewValue
@@ -15,4 +15,4 @@ KINDS: dict[str, RuleKind] = {
     for kind in (Threshold(), Ratio(), Spike(), Metric(), Absence(), CronMissed(), NewValue(), AnyRow())
 }
 
-__all__ = ["KINDS", "EvalContext", "RuleKind"]
+__all__ = ["KINDS", "EvalContext", "Found", "RuleKind"]

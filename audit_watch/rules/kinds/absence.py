@@ -8,7 +8,7 @@ from typing import Any
 from sqlalchemy import Select, case, func, select
 
 from audit_watch.rules.alert import Finding
-from audit_watch.rules.kinds.base import EvalContext, Moments, RuleKind, group_columns, group_of
+from audit_watch.rules.kinds.base import EvalContext, Found, Moments, RuleKind, group_columns, group_of, most_severe
 from audit_watch.rules.model import AbsenceRule
 from audit_watch.store.source import AuditSource
 from audit_watch.store.where import where_clause
@@ -20,26 +20,25 @@ class Absence(RuleKind):
     def fires_on_silence(self, rule: AbsenceRule) -> bool:
         return True
 
-    def find(self, rule: AbsenceRule, ctx: EvalContext) -> list[Finding]:
+    def find(self, rule: AbsenceRule, ctx: EvalContext) -> Found:
         src, now = ctx.src, ctx.now
         stmt = ctx.prepared(rule, (self.name, "find"), lambda moments: self.statement(rule, src, moments))
-        findings = []
-        for row in ctx.execute(stmt):
+
+        def finding(row: Any) -> Finding:
             last_seen = src.read_time(row.last_seen)
-            findings.append(
-                Finding(
-                    group=group_of(rule.group_by, row),
-                    value=0,
-                    threshold="== 0",
-                    baseline=int(row.seen),
-                    details={
-                        "last_seen": last_seen.isoformat() if last_seen else None,
-                        "silent_for_seconds": int((now - last_seen).total_seconds()) if last_seen else None,
-                        "seen_in_lookback": int(row.seen),
-                    },
-                )
+            return Finding(
+                group=group_of(rule.group_by, row),
+                value=0,
+                threshold="== 0",
+                baseline=int(row.seen),
+                details={
+                    "last_seen": last_seen.isoformat() if last_seen else None,
+                    "silent_for_seconds": int((now - last_seen).total_seconds()) if last_seen else None,
+                    "seen_in_lookback": int(row.seen),
+                },
             )
-        return findings
+
+        return Found.of(ctx.execute(stmt).all(), finding)
 
     def statement(self, rule: AbsenceRule, src: AuditSource, moments: Moments) -> Select[Any]:
         now = moments.now
@@ -58,7 +57,8 @@ class Absence(RuleKind):
             .group_by(*groups)
             .subquery()
         )
-        return select(counted).where(counted.c.current == 0)
+        # The longest silence first: the group seen least recently.
+        return most_severe(select(counted).where(counted.c.current == 0), rule, lambda g: [g.c.last_seen.asc()])
 
     def sample_range(self, rule: AbsenceRule, now: datetime) -> tuple[datetime, datetime]:
         # Nothing is in the window by definition: the evidence is the last rows seen.

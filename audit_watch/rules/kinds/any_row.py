@@ -1,4 +1,10 @@
-"""``any``: every matching row in the window is its own alert (capped at ``max_alerts``)."""
+"""``any``: every matching row in the window is its own alert.
+
+At most ``max_groups`` rows are kept, the oldest first, and the statement counts
+every matching row (the true total). Oldest first keeps the kept rows stable from
+one evaluation to the next: a kept row leaves the kept set only by leaving the
+window, so the rows left out never hide a row that still matches.
+"""
 
 from __future__ import annotations
 
@@ -6,10 +12,10 @@ import json
 from dataclasses import replace
 from typing import Any
 
-from sqlalchemy import Select, select
+from sqlalchemy import Select, func, select
 
 from audit_watch.rules.alert import Finding
-from audit_watch.rules.kinds.base import EvalContext, Moments, RuleKind, group_columns, group_of
+from audit_watch.rules.kinds.base import FIRING_TOTAL, EvalContext, Found, Moments, RuleKind, group_columns, group_of
 from audit_watch.rules.model import AnyRule
 from audit_watch.store.source import AuditSource
 from audit_watch.store.where import where_clause
@@ -33,13 +39,13 @@ def row_fields(rule: AnyRule) -> tuple[str, ...]:
 class AnyRow(RuleKind):
     name = "any"
 
-    def find(self, rule: AnyRule, ctx: EvalContext) -> list[Finding]:
+    def find(self, rule: AnyRule, ctx: EvalContext) -> Found:
         src = ctx.src
         stmt = ctx.prepared(rule, (self.name, "find"), lambda moments: self.statement(rule, src, moments))
         labelled_fields = [(name, f"row_{name}") for name in row_fields(rule)]
         rows = ctx.execute(stmt).all()
         findings = []
-        for row in rows[: rule.max_alerts]:
+        for row in rows:
             at = src.read_time(row.at)
             mapping = row._mapping  # a new view at every access: once per row
             findings.append(
@@ -54,9 +60,10 @@ class AnyRow(RuleKind):
                     row_ids=[str(row.id)],
                 )
             )
-        if len(rows) > rule.max_alerts and findings:
-            findings[-1].details["truncated"] = True
-        return findings
+        total = int(rows[0]._mapping[FIRING_TOTAL]) if rows else 0
+        # Complete even when rows were left out: the kept rows are the oldest, so a kept
+        # row drops out when it leaves the window (or, rarely, when older rows arrive late).
+        return Found(findings, total, complete=True)
 
     def link_filters(self, rule: AnyRule, finding: Finding) -> list[tuple[str, Any]]:
         # The row's id is in its group (one alert per row) and has its own link.
@@ -69,13 +76,16 @@ class AnyRow(RuleKind):
         groups = group_columns(src, rule.source, rule.group_by)
         row_columns = [table.c[name].label(f"row_{name}") for name in row_fields(rule)]
         return (
-            select(table.c.id, src.time_value(time).label("at"), *groups, *row_columns)
+            select(
+                table.c.id, src.time_value(time).label("at"), *groups, *row_columns,
+                func.count().over().label(FIRING_TOTAL),
+            )
             .where(
                 where_clause(src, rule.source, rule.where),
                 src.window(rule.source, moments.ago(rule.window), moments.now),
             )
             .order_by(src.time_value(time), table.c.id)
-            .limit(rule.max_alerts + 1)
+            .limit(rule.max_groups)
         )
 
     def sample(self, rule: AnyRule, ctx: EvalContext, findings: list[Finding]) -> None:

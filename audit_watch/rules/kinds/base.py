@@ -1,8 +1,12 @@
 """What every rule kind shares: the evaluation context, group columns, row samples.
 
 A kind computes its findings with one SQL statement that aggregates in the
-database and returns only the groups that fire. The sample of row ids (at most
-20 per group) is a second, small query over the firing groups only.
+database and returns only the groups that fire: at most the rule's
+``max_groups`` of them, the most severe first, each row carrying the number of
+groups that fire in all (:func:`most_severe`, :class:`Found`). However much
+fires, an evaluation holds a bounded number of groups, and says how many it left
+out. The sample of row ids (at most 20 per group) is a second, small query over
+the kept groups only.
 
 A rule's statement is built once and reused at every evaluation (building the
 SQLAlchemy expression costs more Python time than a selective query takes in the
@@ -16,14 +20,14 @@ to ``ctx.now``.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Hashable, Mapping
+from collections.abc import Callable, Hashable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, Generic, TypeVar
 
-from sqlalchemy import and_, literal, or_, select, union_all
+from sqlalchemy import and_, func, literal, or_, select, union_all
 from sqlalchemy.engine import Connection, CursorResult, Row
-from sqlalchemy.sql import Executable
+from sqlalchemy.sql import Executable, Select
 from sqlalchemy.sql.elements import ColumnElement
 
 from audit_watch.rules.alert import Finding
@@ -34,6 +38,7 @@ from audit_watch.store.where import Condition, where_clause
 
 MAX_SAMPLE_ROWS = 20
 MAX_SAMPLED_GROUPS = 200
+FIRING_TOTAL = "firing_total"   # the column with the number of firing groups in all
 
 _Built = TypeVar("_Built")
 _Built_co = TypeVar("_Built_co", covariant=True)  # a prepared Select is a prepared Executable
@@ -63,6 +68,30 @@ class Prepared(Generic[_Built_co]):
 
     built: _Built_co
     moments: tuple[Moment, ...]
+
+
+@dataclass
+class Found:
+    """What a kind finds at one evaluation: the firing groups it keeps (at most the
+    rule's ``max_groups``, the most severe first) and how many groups fire in all."""
+
+    findings: list[Finding]
+    total: int
+    # Whether a group missing from ``findings`` is known not to fire. When groups
+    # were left out it may just have ranked below the cut: its alert must not be
+    # resolved on that account (see ``notify.decide``).
+    complete: bool | None = None
+
+    def __post_init__(self) -> None:
+        self.total = max(self.total, len(self.findings))
+        if self.complete is None:
+            self.complete = self.total <= len(self.findings)
+
+    @classmethod
+    def of(cls, rows: Sequence[Row[Any]], finding: Callable[[Row[Any]], Finding]) -> Found:
+        """From the rows of a :func:`most_severe` statement."""
+        total = int(rows[0]._mapping[FIRING_TOTAL]) if rows else 0
+        return cls([finding(row) for row in rows], total)
 
 
 @dataclass
@@ -101,6 +130,35 @@ class EvalContext:
 def group_columns(src: AuditSource, source: str, group_by: tuple[str, ...]) -> list[ColumnElement[Any]]:
     """The group_by columns labelled ``g0, g1, ...`` (names with dots are not labels)."""
     return [src.column(source, name).label(f"g{i}") for i, name in enumerate(group_by)]
+
+
+def most_severe(
+    firing: Select[Any],
+    rule: RuleBase,
+    severity: Callable[[Any], list[ColumnElement[Any]]],
+    keys: Sequence[str] = (),
+) -> Select[Any]:
+    """At most ``rule.max_groups`` rows of ``firing`` (one row per firing group), the
+    most severe first, each with the number of rows of ``firing`` (``firing_total``).
+
+    ``severity(groups)`` orders the subquery ``groups`` most severe first; ties go
+    by the group columns (``g0, g1, ...`` and ``keys``), so the same groups are kept
+    from one evaluation to the next. The window count is taken before the LIMIT:
+    the database counts every firing group and returns only the kept ones.
+    """
+    groups = firing.subquery("firing")
+    ties = [groups.c[f"g{i}"] for i in range(len(rule.group_by))] + [groups.c[key] for key in keys]
+    return (
+        select(groups, func.count().over().label(FIRING_TOTAL))
+        .order_by(*severity(groups), *ties)
+        .limit(rule.max_groups)
+    )
+
+
+def by_comparison(value: ColumnElement[Any], comparison: Comparison) -> list[ColumnElement[Any]]:
+    """Most severe first for a value compared with ``comparison``: the largest for
+    ``>``/``>=``, the smallest for ``<``/``<=``."""
+    return [value.asc() if comparison.op in ("<", "<=") else value.desc()]
 
 
 def group_of(group_by: tuple[str, ...], row: Row[Any]) -> dict[str, Any]:
@@ -186,8 +244,9 @@ class RuleKind(ABC):
     name: str
 
     @abstractmethod
-    def find(self, rule: Any, ctx: EvalContext) -> list[Finding]:
-        """The groups that fire at ``ctx.now``, with their values."""
+    def find(self, rule: Any, ctx: EvalContext) -> Found:
+        """The groups that fire at ``ctx.now`` with their values (at most
+        ``rule.max_groups``, the most severe first), and how many fire in all."""
 
     def fires_on_silence(self, rule: Any) -> bool:
         """Would ``rule`` fire merely because no rows arrive? The daemon holds such

@@ -17,7 +17,18 @@ from sqlalchemy.sql.elements import ColumnElement
 
 from audit_watch.core.numbers import format_number
 from audit_watch.rules.alert import Finding
-from audit_watch.rules.kinds.base import EvalContext, Moments, Prepared, RuleKind, compare, group_columns, group_of
+from audit_watch.rules.kinds.base import (
+    EvalContext,
+    Found,
+    Moments,
+    Prepared,
+    RuleKind,
+    by_comparison,
+    compare,
+    group_columns,
+    group_of,
+    most_severe,
+)
 from audit_watch.rules.model import MetricRule
 from audit_watch.store.source import AuditSource
 from audit_watch.store.where import where_clause
@@ -70,13 +81,14 @@ def _p95_per_bucket(src: AuditSource, rows: Any, keys: list[Any]) -> Select[Any]
 class Metric(RuleKind):
     name = "metric"
 
-    def find(self, rule: MetricRule, ctx: EvalContext) -> list[Finding]:
+    def find(self, rule: MetricRule, ctx: EvalContext) -> Found:
         stmt = ctx.prepared(rule, (self.name, "find"), lambda moments: self.statement(rule, ctx.src, moments))
         if rule.threshold is not None:
-            return [
-                Finding(group=group_of(rule.group_by, row), value=_num(row.value), threshold=str(rule.threshold))
-                for row in ctx.execute(stmt)
-            ]
+            threshold = str(rule.threshold)
+            return Found.of(
+                ctx.execute(stmt).all(),
+                lambda row: Finding(group=group_of(rule.group_by, row), value=_num(row.value), threshold=threshold),
+            )
         return self._baseline_findings(rule, ctx, stmt)
 
     def fires_on_silence(self, rule: MetricRule) -> bool:
@@ -105,9 +117,11 @@ class Metric(RuleKind):
         per_bucket = aggregate_per_bucket(src, rows, len(groups), rule.aggregate).subquery()
         gkeys = [per_bucket.c[f"g{i}"] for i in range(len(groups))]
         if rule.threshold is not None:
-            return select(*gkeys, per_bucket.c.value).where(
-                per_bucket.c.bucket == 0, compare(per_bucket.c.value, rule.threshold)
+            threshold = rule.threshold
+            firing = select(*gkeys, per_bucket.c.value).where(
+                per_bucket.c.bucket == 0, compare(per_bucket.c.value, threshold)
             )
+            return most_severe(firing, rule, lambda groups: by_comparison(groups.c.value, threshold))
         return self._baseline_statement(rule, per_bucket, gkeys)
 
     def _baseline_statement(self, rule: MetricRule, per_bucket: Any, gkeys: list[Any]) -> Select[Any]:
@@ -128,34 +142,40 @@ class Metric(RuleKind):
         fires = against_baseline
         if rule.min_value is not None:
             fires = or_(against_baseline, and_(summary.c.periods_seen == 0, summary.c.current >= rule.min_value))
-        return select(summary).where(summary.c.current.is_not(None), fires)
+        firing = select(summary).where(summary.c.current.is_not(None), fires)
+        return most_severe(firing, rule, _furthest_above_baseline)
 
-    def _baseline_findings(self, rule: MetricRule, ctx: EvalContext, stmt: Prepared[Select[Any]]) -> list[Finding]:
+    def _baseline_findings(self, rule: MetricRule, ctx: EvalContext, stmt: Prepared[Select[Any]]) -> Found:
+        return Found.of(ctx.execute(stmt).all(), lambda row: self._baseline_finding(rule, row))
+
+    def _baseline_finding(self, rule: MetricRule, row: Any) -> Finding:
         assert rule.baseline is not None
-        findings = []
-        for row in ctx.execute(stmt):
-            baseline = float(row.baseline) if row.baseline is not None else None
-            threshold = (
-                f"> {format_number(baseline * rule.baseline.factor)}" if baseline is not None
-                else f">= {format_number(rule.min_value)}"
-            )
-            findings.append(
-                Finding(
-                    group=group_of(rule.group_by, row),
-                    value=_num(row.current),
-                    threshold=threshold,
-                    baseline=round(baseline, 3) if baseline is not None else None,
-                    details={
-                        "aggregate": rule.aggregate,
-                        "field": rule.field,
-                        "periods_seen": int(row.periods_seen),
-                        "periods": rule.baseline.periods,
-                        "factor": rule.baseline.factor,
-                        "ratio": round(float(row.current) / baseline, 2) if baseline else None,
-                    },
-                )
-            )
-        return findings
+        baseline = float(row.baseline) if row.baseline is not None else None
+        threshold = (
+            f"> {format_number(baseline * rule.baseline.factor)}" if baseline is not None
+            else f">= {format_number(rule.min_value)}"
+        )
+        return Finding(
+            group=group_of(rule.group_by, row),
+            value=_num(row.current),
+            threshold=threshold,
+            baseline=round(baseline, 3) if baseline is not None else None,
+            details={
+                "aggregate": rule.aggregate,
+                "field": rule.field,
+                "periods_seen": int(row.periods_seen),
+                "periods": rule.baseline.periods,
+                "factor": rule.baseline.factor,
+                "ratio": round(float(row.current) / baseline, 2) if baseline else None,
+            },
+        )
+
+
+def _furthest_above_baseline(groups: Any) -> list[Any]:
+    """The largest multiple of its baseline first; groups without a baseline (fired
+    by ``min_value``) after them, the largest value first."""
+    ratio = cast(groups.c.current, Float) / func.nullif(groups.c.baseline, 0)
+    return [ratio.desc().nulls_last(), groups.c.current.desc()]
 
 
 def _num(value: Any) -> float:

@@ -15,11 +15,14 @@ from sqlalchemy import Float, Select, case, cast, func, select
 from audit_watch.rules.alert import Finding
 from audit_watch.rules.kinds.base import (
     EvalContext,
+    Found,
     Moments,
     RuleKind,
+    by_comparison,
     compare,
     group_columns,
     group_of,
+    most_severe,
     sample_rows,
     window_conditions,
 )
@@ -31,17 +34,17 @@ from audit_watch.store.where import where_clause
 class Ratio(RuleKind):
     name = "ratio"
 
-    def find(self, rule: RatioRule, ctx: EvalContext) -> list[Finding]:
+    def find(self, rule: RatioRule, ctx: EvalContext) -> Found:
         stmt = ctx.prepared(rule, (self.name, "find"), lambda moments: self.statement(rule, ctx.src, moments))
-        return [
-            Finding(
+        return Found.of(
+            ctx.execute(stmt).all(),
+            lambda row: Finding(
                 group=group_of(rule.group_by, row),
                 value=round(float(row.value), 4),
                 threshold=str(rule.ratio),
                 details={"matching": int(row.matching), "total": int(row.total)},
-            )
-            for row in ctx.execute(stmt)
-        ]
+            ),
+        )
 
     def statement(self, rule: RatioRule, src: AuditSource, moments: Moments) -> Select[Any]:
         groups = group_columns(src, rule.source, rule.group_by)
@@ -58,9 +61,10 @@ class Ratio(RuleKind):
             .subquery()
         )
         ratio = cast(counted.c.matching, Float) / counted.c.total
-        return select(counted, ratio.label("value")).where(
+        firing = select(counted, ratio.label("value")).where(
             counted.c.total >= rule.min_total, compare(ratio, rule.ratio)
         )
+        return most_severe(firing, rule, lambda groups: by_comparison(groups.c.value, rule.ratio))
 
     def sample(self, rule: RatioRule, ctx: EvalContext, findings: list[Finding]) -> None:
         if not findings:

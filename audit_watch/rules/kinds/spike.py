@@ -16,7 +16,7 @@ from sqlalchemy import Float, Select, and_, case, cast, false, func, or_, select
 
 from audit_watch.core.numbers import format_number
 from audit_watch.rules.alert import Finding
-from audit_watch.rules.kinds.base import EvalContext, Moments, RuleKind, group_columns, group_of
+from audit_watch.rules.kinds.base import EvalContext, Found, Moments, RuleKind, group_columns, group_of, most_severe
 from audit_watch.rules.model import SpikeRule
 from audit_watch.store.source import AuditSource
 from audit_watch.store.where import where_clause
@@ -25,34 +25,33 @@ from audit_watch.store.where import where_clause
 class Spike(RuleKind):
     name = "spike"
 
-    def find(self, rule: SpikeRule, ctx: EvalContext) -> list[Finding]:
+    def find(self, rule: SpikeRule, ctx: EvalContext) -> Found:
         stmt = ctx.prepared(rule, (self.name, "find"), lambda moments: self.statement(rule, ctx.src, moments))
+        rows = ctx.execute(stmt).all()
+        return Found.of(rows, lambda row: self._finding(rule, row))
+
+    def _finding(self, rule: SpikeRule, row: Any) -> Finding:
         window_s = rule.window.total_seconds()
         reference_s = rule.reference_span.total_seconds()
-        findings = []
-        for row in ctx.execute(stmt):
-            baseline = float(row.reference) * window_s / reference_s
-            is_up = bool(row.is_up)
-            threshold = (
-                f">= {format_number(max(rule.factor * baseline, rule.min_current))}"
-                if is_up
-                else f"<= {format_number(baseline / rule.factor)}"
-            )
-            findings.append(
-                Finding(
-                    group=group_of(rule.group_by, row),
-                    value=int(row.current),
-                    threshold=threshold,
-                    baseline=round(baseline, 3),
-                    details={
-                        "direction": "up" if is_up else "down",
-                        "reference_count": int(row.reference),
-                        "reference_span_seconds": int(rule.reference_span.total_seconds()),
-                        "factor": rule.factor,
-                    },
-                )
-            )
-        return findings
+        baseline = float(row.reference) * window_s / reference_s
+        is_up = bool(row.is_up)
+        threshold = (
+            f">= {format_number(max(rule.factor * baseline, rule.min_current))}"
+            if is_up
+            else f"<= {format_number(baseline / rule.factor)}"
+        )
+        return Finding(
+            group=group_of(rule.group_by, row),
+            value=int(row.current),
+            threshold=threshold,
+            baseline=round(baseline, 3),
+            details={
+                "direction": "up" if is_up else "down",
+                "reference_count": int(row.reference),
+                "reference_span_seconds": int(rule.reference_span.total_seconds()),
+                "factor": rule.factor,
+            },
+        )
 
     def statement(self, rule: SpikeRule, src: AuditSource, moments: Moments) -> Select[Any]:
         now = moments.now
@@ -83,10 +82,17 @@ class Spike(RuleKind):
             current * rule.factor * reference_s <= reference_w,
         )
         fires = {"up": up, "down": down, "both": or_(up, down)}.get(rule.direction, false())
-        return select(counted, up.label("is_up")).where(fires)
+        firing = select(counted, up.label("is_up")).where(fires)
+        return most_severe(firing, rule, _steepest)
 
     def fires_on_silence(self, rule: SpikeRule) -> bool:
         return rule.direction in ("down", "both")
 
     def list_range(self, rule: SpikeRule, now: datetime) -> tuple[datetime, datetime]:
         return now - rule.window - rule.reference_span, now
+
+
+def _steepest(groups: Any) -> list[Any]:
+    """Spikes up first, the highest current count first; then drops, the largest
+    reference first (the most activity gone)."""
+    return [groups.c.is_up.desc(), case((groups.c.is_up, groups.c.current), else_=groups.c.reference).desc()]

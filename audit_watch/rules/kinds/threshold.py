@@ -7,7 +7,17 @@ from typing import Any
 from sqlalchemy import Select, func, select
 
 from audit_watch.rules.alert import Finding
-from audit_watch.rules.kinds.base import EvalContext, Moments, RuleKind, compare, group_columns, group_of
+from audit_watch.rules.kinds.base import (
+    EvalContext,
+    Found,
+    Moments,
+    RuleKind,
+    by_comparison,
+    compare,
+    group_columns,
+    group_of,
+    most_severe,
+)
 from audit_watch.rules.model import ThresholdRule
 from audit_watch.store.source import AuditSource
 from audit_watch.store.where import where_clause
@@ -16,12 +26,12 @@ from audit_watch.store.where import where_clause
 class Threshold(RuleKind):
     name = "threshold"
 
-    def find(self, rule: ThresholdRule, ctx: EvalContext) -> list[Finding]:
+    def find(self, rule: ThresholdRule, ctx: EvalContext) -> Found:
         stmt = ctx.prepared(rule, (self.name, "find"), lambda moments: self.statement(rule, ctx.src, moments))
-        return [
-            Finding(group=group_of(rule.group_by, row), value=row.value, threshold=str(rule.threshold))
-            for row in ctx.execute(stmt)
-        ]
+        return Found.of(
+            ctx.execute(stmt).all(),
+            lambda row: Finding(group=group_of(rule.group_by, row), value=row.value, threshold=str(rule.threshold)),
+        )
 
     def fires_on_silence(self, rule: ThresholdRule) -> bool:
         return rule.threshold.holds(0)          # "fewer than N" holds on no rows
@@ -37,4 +47,5 @@ class Threshold(RuleKind):
             .group_by(*groups)
             .subquery()
         )
-        return select(counted).where(compare(counted.c.value, rule.threshold))
+        firing = select(counted).where(compare(counted.c.value, rule.threshold))
+        return most_severe(firing, rule, lambda groups: by_comparison(groups.c.value, rule.threshold))
