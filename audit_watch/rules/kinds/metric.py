@@ -6,6 +6,10 @@ bucket in SQL. With ``baseline`` the current value is compared with the mean of
 the buckets before it; a bucket without rows is missing, not zero, so a new or
 part-time group is judged by the periods it was active in. A group without any
 baseline bucket is skipped unless ``min_value`` is set and met.
+
+Without ``group_by`` there is one group, and the count of an empty window is 0 (an
+aggregate without GROUP BY always gives one row); ``sum``, ``avg``, ``min``, ``max``
+and ``p95`` of nothing are NULL and never fire.
 """
 
 from __future__ import annotations
@@ -36,9 +40,10 @@ def bucket_index(
     return case(*whens, else_=None)
 
 
-def aggregate_per_bucket(src: AuditSource, rows: Any, group_count: int, aggregate: str) -> Select[Any]:
-    """One row per (group, bucket) with the aggregate as ``value``."""
-    keys = [rows.c[f"g{i}"] for i in range(group_count)] + [rows.c.bucket]
+def aggregate_per_bucket(src: AuditSource, rows: Any, group_count: int, aggregate: str,
+                         by_bucket: bool = True) -> Select[Any]:
+    """One row per (group, bucket), or per group, with the aggregate as ``value``."""
+    keys = [rows.c[f"g{i}"] for i in range(group_count)] + ([rows.c.bucket] if by_bucket else [])
     if aggregate == "p95":
         return _p95_per_bucket(src, rows, keys)
     function = {
@@ -55,11 +60,12 @@ def _p95_per_bucket(src: AuditSource, rows: Any, keys: list[Any]) -> Select[Any]
     """Nearest-rank 95th percentile, identical on both backends."""
     if src.dialect == "postgresql":
         return select(*keys, func.percentile_disc(0.95).within_group(rows.c.v).label("value")).group_by(*keys)
+    partition = keys or None
     ranked = select(
         *keys,
         rows.c.v,
-        func.row_number().over(partition_by=keys, order_by=rows.c.v).label("rn"),
-        func.count().over(partition_by=keys).label("n"),
+        func.row_number().over(partition_by=partition, order_by=rows.c.v).label("rn"),
+        func.count().over(partition_by=partition).label("n"),
     ).subquery()
     # ceil(0.95 * n) in integer arithmetic
     return select(*(ranked.c[k.name] for k in keys), ranked.c.v.label("value")).where(
@@ -74,7 +80,7 @@ class Metric(RuleKind):
         stmt = ctx.prepared(rule, (self.name, "find"), lambda moments: self.statement(rule, ctx.src, moments))
         if rule.threshold is not None:
             return [
-                Finding(group=group_of(rule.group_by, row), value=_num(row.value), threshold=str(rule.threshold))
+                Finding(group=group_of(rule.group_by, row), value=_exact(row.value), threshold=str(rule.threshold))
                 for row in ctx.execute(stmt)
             ]
         return self._baseline_findings(rule, ctx, stmt)
@@ -98,28 +104,35 @@ class Metric(RuleKind):
             )
             .subquery()
         )
+        if rule.threshold is not None:
+            # The window only (periods == 0): one aggregate per group, no buckets.
+            per_group = aggregate_per_bucket(src, rows, len(groups), rule.aggregate, by_bucket=False).subquery()
+            gkeys = [per_group.c[f"g{i}"] for i in range(len(groups))]
+            return select(*gkeys, per_group.c.value).where(compare(per_group.c.value, rule.threshold))
         per_bucket = aggregate_per_bucket(src, rows, len(groups), rule.aggregate).subquery()
         gkeys = [per_bucket.c[f"g{i}"] for i in range(len(groups))]
-        if rule.threshold is not None:
-            return select(*gkeys, per_bucket.c.value).where(
-                per_bucket.c.bucket == 0, compare(per_bucket.c.value, rule.threshold)
-            )
         return self._baseline_statement(rule, per_bucket, gkeys)
 
     def _baseline_statement(self, rule: MetricRule, per_bucket: Any, gkeys: list[Any]) -> Select[Any]:
         assert rule.baseline is not None
+        current: ColumnElement[Any] = func.max(case((per_bucket.c.bucket == 0, per_bucket.c.value)))
+        if rule.aggregate == "count" and not gkeys:
+            current = func.coalesce(current, 0)  # the one group's count of an empty window
         summary = (
             select(
                 *gkeys,
-                func.max(case((per_bucket.c.bucket == 0, per_bucket.c.value))).label("current"),
-                func.avg(case((per_bucket.c.bucket > 0, cast(per_bucket.c.value, Float)))).label("baseline"),
+                current.label("current"),
+                func.sum(case((per_bucket.c.bucket > 0, cast(per_bucket.c.value, Float)))).label("baseline_sum"),
                 func.count(case((per_bucket.c.bucket > 0, 1))).label("periods_seen"),
             )
             .group_by(*gkeys)
             .subquery()
         )
+        # current > factor * (sum / periods), multiplied out: exact for whole numbers,
+        # where a mean of 1, 1 and 2 (4/3) times 3 need not give 4 in floating point.
         against_baseline = and_(
-            summary.c.periods_seen > 0, summary.c.current > summary.c.baseline * rule.baseline.factor
+            summary.c.periods_seen > 0,
+            summary.c.current * summary.c.periods_seen > summary.c.baseline_sum * rule.baseline.factor,
         )
         fires = against_baseline
         if rule.min_value is not None:
@@ -130,7 +143,8 @@ class Metric(RuleKind):
         assert rule.baseline is not None
         findings = []
         for row in ctx.execute(stmt):
-            baseline = float(row.baseline) if row.baseline is not None else None
+            seen = int(row.periods_seen)
+            baseline = float(row.baseline_sum) / seen if seen else None
             threshold = (
                 f"> {format_number(baseline * rule.baseline.factor)}" if baseline is not None
                 else f">= {format_number(rule.min_value)}"
@@ -138,22 +152,23 @@ class Metric(RuleKind):
             findings.append(
                 Finding(
                     group=group_of(rule.group_by, row),
-                    value=_num(row.current),
+                    value=_exact(row.current),
                     threshold=threshold,
-                    baseline=round(baseline, 3) if baseline is not None else None,
+                    baseline=baseline,
                     details={
                         "aggregate": rule.aggregate,
                         "field": rule.field,
-                        "periods_seen": int(row.periods_seen),
+                        "periods_seen": seen,
                         "periods": rule.baseline.periods,
                         "factor": rule.baseline.factor,
-                        "ratio": round(float(row.current) / baseline, 2) if baseline else None,
+                        "ratio": float(row.current) / baseline if baseline else None,
                     },
                 )
             )
         return findings
 
 
-def _num(value: Any) -> float:
+def _exact(value: Any) -> float:
+    """The aggregate as compared (whole numbers as ints; rounding is for display only)."""
     value = float(value)
-    return int(value) if value.is_integer() else round(value, 4)
+    return int(value) if value.is_integer() else value
