@@ -18,7 +18,6 @@ from urllib.parse import quote
 
 import pytest
 from click.testing import CliRunner
-from conftest import NOW
 from sqlalchemy import insert, literal, select, text
 from sqlalchemy.exc import OperationalError
 
@@ -28,6 +27,8 @@ from audit_watch.store.rows import insert_rows
 from audit_watch.store.schema import create_reference_tables
 from audit_watch.store.source import AuditSource
 from audit_watch.store.text_match import PG_COLLATIONS, unicode_lower
+
+from conftest import NOW
 
 # --- 1. contains beyond ASCII -------------------------------------------------------------
 
