@@ -46,7 +46,7 @@ from conftest import NOW
 from differential_oracle import Expected, GroupKey, expect, expected_runs, key_of, rule_number
 from pg import temporary_postgres
 
-EXAMPLES = int(os.environ.get("AUDIT_WATCH_DIFFERENTIAL_EXAMPLES", "100"))
+EXAMPLES = int(os.environ.get("AUDIT_WATCH_DIFFERENTIAL_EXAMPLES", "60"))
 SEED = int(os.environ.get("AUDIT_WATCH_DIFFERENTIAL_SEED", "20261120"))
 VERBOSE = "AUDIT_WATCH_DIFFERENTIAL_EXAMPLES" in os.environ
 
