@@ -91,6 +91,42 @@ def test_check_reports_file_line_field(tmp_path: Path, files: dict[str, str], wh
     assert message in lines[0], output
 
 
+# Expressions a lenient cron parser accepts and the scheduler cannot use: never again past check.
+UNSCHEDULABLE = ["0 0 31 2 *", "5-3 * * * *", "0 0 * * 7-1", "0 0 ? * 1", "0 0 15W * *"]
+
+REPORT = """\
+name: digest
+report: weekly-digest
+period: last_week
+channels: [archive]
+schedule: "{expr}"
+"""
+
+
+@pytest.mark.parametrize("expr", UNSCHEDULABLE)
+def test_check_refuses_a_schedule_the_scheduler_cannot_use_in_rules_and_reports(tmp_path: Path, expr: str) -> None:
+    code, output = _run_check(tmp_path, {"rules/r.yaml": GOOD_RULE + f'schedule: "{expr}"\n',
+                                         "reports/digest.yaml": REPORT.format(expr=expr)})
+    assert code == 1 and "Traceback" not in output
+    for where in ("r.yaml:9: schedule:", "digest.yaml:5: schedule:"):
+        [line] = [line for line in output.splitlines() if where in line]
+        assert repr(expr) in line and ("not a valid cron expression" in line or "never fires" in line), line
+    assert "2 problem(s)" in output
+
+
+def test_check_names_the_day_a_month_lacks(tmp_path: Path) -> None:
+    code, output = _run_check(tmp_path, {"rules/r.yaml": GOOD_RULE + 'schedule: "0 0 30 2 *"\n'})
+    assert code == 1 and "r.yaml:9: schedule: '0 0 30 2 *' never fires: none of its months has that day" in output
+
+
+@pytest.mark.parametrize("expr", ["0 0 29 2 *", "0 9 * * mon-fri", "0 0 L * *", "0 0 * * 5L", "0 0 * * 1#2",
+                                  "0 0 * * 0-7", "*/7 1-5/2 * jan,jul *"])
+def test_check_accepts_what_the_scheduler_runs(tmp_path: Path, expr: str) -> None:
+    code, output = _run_check(tmp_path, {"rules/r.yaml": GOOD_RULE + f'schedule: "{expr}"\n',
+                                         "reports/digest.yaml": REPORT.format(expr=expr)})
+    assert code == 0, output
+
+
 def test_check_passes_a_good_setup(tmp_path: Path) -> None:
     code, output = _run_check(tmp_path, {"rules/r.yaml": GOOD_RULE})
     assert code == 0, output

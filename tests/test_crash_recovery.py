@@ -17,7 +17,7 @@ import time
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 
-from audit_watch.alerting import pipeline
+from audit_watch.alerting import views as pipeline
 from audit_watch.alerting.state import StateStore
 from audit_watch.store.rows import insert_rows
 from audit_watch.store.schema import create_reference_tables

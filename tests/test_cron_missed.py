@@ -3,11 +3,13 @@ matched to ``cron.fired`` events within ``grace`` (rules.md, Kinds)."""
 
 from __future__ import annotations
 
+import logging
 from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
 from sqlalchemy import text
 
+from audit_watch.store import cron_runs
 from audit_watch.store.cron_runs import expected_runs
 
 NOW = datetime(2026, 11, 20, 12, 0, tzinfo=UTC)
@@ -230,6 +232,25 @@ def test_cron_with_an_unusable_schedule_or_time_zone_is_skipped_not_fatal(insert
     insert({"crons": [cron("bad-tz", timezone="Mars/Olympus"), cron("bad-cron", schedule="not a cron"),
                       cron("good")]})
     assert set(values(evaluate(RULE))) == {"good"}
+
+
+# Rows the cron library cannot read: skipped with a warning, once per cron and schedule.
+UNREADABLE = ["0 0 31 2 *", "5-3 * * * *", "0 0 * * 7-1", "0 0 ? * 1", "0 0 15W * *"]
+
+
+def test_crons_the_cron_library_cannot_read_are_skipped_and_said_once(insert, evaluate, caplog, monkeypatch):
+    monkeypatch.setattr(cron_runs, "_skipped", set())
+    bad = [cron(f"bad{i}", schedule=expr) for i, expr in enumerate(UNREADABLE)]
+    insert({"crons": [*bad, cron("good"), cron("fine")], "events": [fired("2026-11-20T09:01:00Z", "fine")]})
+    with caplog.at_level(logging.DEBUG, logger="audit_watch.store.cron_runs"):
+        assert values(evaluate(RULE)) == {"good": 30}
+        warned = [r for r in caplog.records if r.levelno == logging.WARNING]
+        assert sorted(r.getMessage().split()[1] for r in warned) == [f"bad{i}" for i in range(5)]
+        assert warned[0].getMessage() == ("cron bad0 (schedule '0 0 31 2 *', time zone 'UTC') is not checked: "
+                                          "'0 0 31 2 *' never fires: none of its months has that day")
+        caplog.clear()
+        assert values(evaluate(RULE, now=NOW + timedelta(minutes=1))) == {"good": 30}
+        assert [r.levelno for r in caplog.records] == [logging.DEBUG] * 5       # not again at every evaluation
 
 
 def test_cron_consecutive_misses_stop_at_max_runs(insert, evaluate):

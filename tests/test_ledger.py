@@ -10,6 +10,7 @@ import pytest
 from sqlalchemy import insert, select
 
 from audit_watch.alerting.state import StateStore, outbox
+from audit_watch.core.outcomes import RunStatus
 from audit_watch.daemon import ledger
 from audit_watch.daemon.schedules import (
     ANCHOR,
@@ -44,9 +45,9 @@ def test_a_tick_is_claimed_once_and_finished_by_its_holder(state: StateStore) ->
     assert ledger.claim(state, "r", T0, "a", T0)
     assert not ledger.claim(state, "r", T0, "b", T0)
     assert ledger.claim(state, "r", T0 + S, "b", T0 + S)            # the next tick is free
-    assert not ledger.finish(state, "r", T0, "b", ledger.OK, T0)    # not b's claim
-    assert ledger.finish(state, "r", T0, "a", ledger.OK, T0, seconds=0.1, alerts=2)
-    assert not ledger.finish(state, "r", T0, "a", ledger.ERROR, T0)  # already finished
+    assert not ledger.finish(state, "r", T0, "b", RunStatus.OK, T0)    # not b's claim
+    assert ledger.finish(state, "r", T0, "a", RunStatus.OK, T0, seconds=0.1, alerts=2)
+    assert not ledger.finish(state, "r", T0, "a", RunStatus.ERROR, T0)  # already finished
     rows = ledger.history(state, "r")
     assert [(r.replica, r.status, r.alerts) for r in rows] == [("a", "ok", 2), ("b", "claimed", None)]
     assert rows[0].scheduled_for == T0 and ledger.is_claimed(state, "r", T0)
@@ -108,8 +109,8 @@ def test_a_dead_replica_is_reaped_by_one_survivor(state: StateStore) -> None:
     assert leases[mine] == later and leases[theirs] == their_pass + timedelta(minutes=10)  # b's own row untouched
     [row] = ledger.history(state, "r")
     assert (row.replica, row.status, row.attempt) == ("b", "claimed", 2)
-    assert ledger.finish(state, "r", T0, "b", ledger.ABANDONED, later)
-    assert not ledger.finish(state, "r", T0, "a", ledger.OK, later)      # the dead one's late answer is dropped
+    assert ledger.finish(state, "r", T0, "b", RunStatus.ABANDONED, later)
+    assert not ledger.finish(state, "r", T0, "a", RunStatus.OK, later)      # the dead one's late answer is dropped
 
 
 def test_a_stopped_replica_is_reaped_at_once_and_a_paused_one_comes_back(state: StateStore) -> None:
@@ -131,9 +132,9 @@ def test_prune_keeps_open_claims_and_recent_rows(state: StateStore) -> None:
     old = T0 - timedelta(days=5)
     ledger.claim(state, "r", old, "a", old)
     ledger.claim(state, "r", old + S, "a", old)
-    ledger.finish(state, "r", old + S, "a", ledger.OK, old)
+    ledger.finish(state, "r", old + S, "a", RunStatus.OK, old)
     ledger.claim(state, "r", T0, "a", T0)
-    ledger.finish(state, "r", T0, "a", ledger.OK, T0)
+    ledger.finish(state, "r", T0, "a", RunStatus.OK, T0)
     assert ledger.prune(state, T0, timedelta(days=3)) == 1
     assert [r.scheduled_for for r in ledger.history(state, "r")] == [old, T0]
     assert ledger.last_ticks(state, ["r", "none"]) == {"r": T0}
@@ -186,6 +187,6 @@ def test_an_orphaned_tick_runs_again_only_while_it_is_current() -> None:
     trigger = rule_trigger(rule, "UTC")
     tick = datetime(2026, 11, 20, 12, 0, tzinfo=UTC)
     assert orphan_action(rule, trigger, tick, False, tick + timedelta(minutes=20)) == "run"
-    assert orphan_action(rule, trigger, tick, False, tick + timedelta(minutes=61)) == ledger.ABANDONED
-    assert orphan_action(rule, trigger, tick, True, tick + timedelta(minutes=20)) == ledger.ABANDONED
-    assert orphan_action(None, None, tick, False, tick) == ledger.ABANDONED   # a built-in, or a removed rule
+    assert orphan_action(rule, trigger, tick, False, tick + timedelta(minutes=61)) == RunStatus.ABANDONED
+    assert orphan_action(rule, trigger, tick, True, tick + timedelta(minutes=20)) == RunStatus.ABANDONED
+    assert orphan_action(None, None, tick, False, tick) == RunStatus.ABANDONED   # a built-in, or a removed rule

@@ -22,7 +22,7 @@ from audit_watch.alerting.state import StateStore
 from audit_watch.channels.render import Renderer
 from audit_watch.config.model import Config, HeartbeatConfig
 from audit_watch.core.logs import configure_logging
-from audit_watch.daemon import ledger
+from audit_watch.core.outcomes import RunOutcome
 from audit_watch.daemon.context import TickContext
 from audit_watch.daemon.ops import Health, Metrics, OpsServer, StateCollector, heartbeat_tick, ops_app, send_heartbeat
 from audit_watch.daemon.schedules import interval_trigger, rule_trigger
@@ -95,10 +95,10 @@ def test_healthz_after_a_reload_keeps_unchanged_rules_and_starts_new_ones_now(cl
 def test_metrics_and_other_paths(clock: Clock) -> None:
     metrics = Metrics("r1")
     rule = make_rule()
-    outcome = TickOutcome(rule.name, T0, ledger.OK, Evaluation(rule, T0, [], seconds=0.02), queued=[1, 2])
+    outcome = TickOutcome(rule.name, T0, RunOutcome.OK, Evaluation(rule, T0, [], seconds=0.02), queued=[1, 2])
     metrics.record_tick(outcome, rule.kind)
     metrics.record_tick(TickOutcome(rule.name, T0 + S, "elsewhere"), rule.kind)
-    metrics.record_tick(TickOutcome(rule.name, T0 + 2 * S, ledger.ERROR, Evaluation(rule, T0, [], error="x"),
+    metrics.record_tick(TickOutcome(rule.name, T0 + 2 * S, RunOutcome.ERROR, Evaluation(rule, T0, [], error="x"),
                                     errors_in_a_row=3), rule.kind)
     app = ops_app(metrics.registry, Health(clock))
     status, headers, body = call(app, "/metrics")

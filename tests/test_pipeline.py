@@ -12,8 +12,9 @@ from typing import Any
 import pytest
 
 from audit_watch.alerting import silences
-from audit_watch.alerting.pipeline import alerts_table, deliver_due, outbox_summary, outbox_table, process
+from audit_watch.alerting.pipeline import deliver_due, process
 from audit_watch.alerting.state import StateStore
+from audit_watch.alerting.views import alerts_table, outbox_summary, outbox_table
 from audit_watch.config.model import Config
 from audit_watch.rules.evaluate import evaluate_rule
 from audit_watch.rules.loader import RULE_ADAPTER
@@ -151,7 +152,7 @@ def test_a_failed_or_stale_evaluation_changes_nothing(fake: FakeSlack, state: St
 
 
 def test_a_rendering_failure_still_notifies(fake: FakeSlack, state: StateStore, monkeypatch: pytest.MonkeyPatch) -> None:
-    import audit_watch.alerting.pipeline as pipeline
+    import audit_watch.alerting.stages as pipeline
 
     def broken(*_args: Any) -> dict[str, Any]:
         raise RuntimeError("template bug")

@@ -12,18 +12,11 @@ import pytest
 from jinja2.exceptions import SecurityError
 
 from audit_watch.alerting.notify import redact
-from audit_watch.channels.messages import Entry, MessageContext, compose, rule_info
-from audit_watch.channels.render import (
-    Renderer,
-    SlackSafe,
-    check_templates,
-    duration,
-    mrkdwn_escape,
-    number,
-    percent,
-    reltime,
-    slack_link,
-)
+from audit_watch.channels.escaping import Trusted as SlackSafe
+from audit_watch.channels.escaping import mrkdwn_escape, slack_link
+from audit_watch.channels.messages import Entry, MessageContext, rule_info
+from audit_watch.channels.registry import compose
+from audit_watch.channels.render import Renderer, check_templates, duration, number, percent, reltime
 from audit_watch.channels.slack_blocks import MAX_BLOCKS, MAX_TEXT, Section, build_message, truncate_mrkdwn
 from audit_watch.config.model import Config
 

@@ -22,8 +22,9 @@ from test_report_golden import DANIEL, END, digest, seeded
 from test_slack import fake
 
 from audit_watch.alerting.outbox import list_entries
-from audit_watch.alerting.pipeline import deliver_due, outbox_summary
+from audit_watch.alerting.pipeline import deliver_due
 from audit_watch.alerting.state import StateStore
+from audit_watch.alerting.views import outbox_summary
 from audit_watch.channels.slack_blocks import MAX_BLOCKS, MAX_TEXT
 from audit_watch.cli.main import main
 from audit_watch.config.model import Config, load_config
@@ -49,7 +50,7 @@ def config_file(tmp_path: Path, seeded: Any, state_url: str, fake: FakeSlack, sm
                 monkeypatch: pytest.MonkeyPatch) -> Path:
     """audit-watch.yaml: the generated store, the state under test, the three kinds of channel.
     The command's wall clock (when it queues and delivers) is the end of the data."""
-    monkeypatch.setattr("audit_watch.cli.main.wall_clock", lambda: END)
+    monkeypatch.setattr("audit_watch.cli.options.wall_clock", lambda: END)
     _, db = seeded
     source = db.execute("PRAGMA database_list").fetchone()[2]
     (tmp_path / "reports").mkdir()

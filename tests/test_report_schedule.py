@@ -33,8 +33,9 @@ from test_daemon import (
 from test_ledger import state
 
 from audit_watch.alerting.state import StateStore, outbox
+from audit_watch.core.outcomes import RunOutcome
 from audit_watch.daemon import ledger
-from audit_watch.daemon.context import ELSEWHERE, TickContext
+from audit_watch.daemon.context import TickContext
 from audit_watch.daemon.report_jobs import report_trigger, run_report_tick
 from audit_watch.daemon.schedules import latest_tick
 from audit_watch.daemon.service import Daemon
@@ -79,8 +80,8 @@ def test_a_scheduled_report_is_built_for_its_tick_and_queued_once(store: AuditSo
     clock = Clock(tick + timedelta(seconds=3))
     first = run_report_tick(context(store, state, tmp_path, clock, "r1"), definition(), tick)
     second = run_report_tick(context(store, state, tmp_path, clock, "r2"), definition(), tick)
-    assert first.status == ledger.OK and len(first.queued) == 1 and first.attempts == 1
-    assert second.status == ELSEWHERE and second.queued == []
+    assert first.status == RunOutcome.OK and len(first.queued) == 1 and first.attempts == 1
+    assert second.status == RunOutcome.ELSEWHERE and second.queued == []
     [row] = report_rows(state)
     assert (row.kind, row.rule, row.channel) == ("report", "digest", "archive")
     period = row.payload["report"]["period"]
@@ -107,7 +108,7 @@ def test_a_failing_report_is_retried_then_recorded_and_queues_nothing(broken_ctx
     waits: list[float] = []
     outcome = run_report_tick(broken_ctx, definition(), T0, retry_waits=(1.0, 2.0),
                               stopped=lambda seconds: bool(waits.append(seconds)))
-    assert outcome.status == ledger.ERROR and outcome.attempts == 3 and waits == [1.0, 2.0]
+    assert outcome.status == RunOutcome.ERROR and outcome.attempts == 3 and waits == [1.0, 2.0]
     assert "no_such_table" in (outcome.error or "")
     assert report_rows(state) == []
     [run] = ledger.history(state, ledger.report_job("digest"))
@@ -128,7 +129,7 @@ def test_a_report_that_cannot_succeed_is_not_retried(store: AuditSource, state: 
     ctx = context(store, state, tmp_path, Clock(T0))
     outcome = run_report_tick(ctx, definition(scope={"user": "nobody@example.com"}), T0,
                               stopped=lambda seconds: bool(waits.append(seconds)))
-    assert outcome.status == ledger.ERROR and outcome.attempts == 1 and waits == []
+    assert outcome.status == RunOutcome.ERROR and outcome.attempts == 1 and waits == []
     assert "nobody@example.com" in (outcome.error or "")
 
 
@@ -137,7 +138,7 @@ def test_a_run_later_than_catch_up_is_skipped(store: AuditSource, state: StateSt
     ctx = context(store, state, tmp_path, Clock(T0 + timedelta(hours=2, minutes=1)))
     assert run_report_tick(ctx, definition(), T0).status == "late"
     ctx = context(store, state, tmp_path, Clock(T0 + timedelta(minutes=9)))     # catch_up 0: ten minutes
-    assert run_report_tick(ctx, definition(catch_up="0"), T0).status == ledger.OK
+    assert run_report_tick(ctx, definition(catch_up="0"), T0).status == RunOutcome.OK
     assert [r.status for r in ledger.history(state)] == ["ok"]
 
 
@@ -151,7 +152,7 @@ def test_a_report_whose_claim_was_taken_over_queues_nothing(store: AuditSource, 
     reaped = ledger.reap(state, "r1", "r2", T0)     # r2 presumed r1 dead and took its claims
     assert reaped is not None and reaped.orphans == [(job, T0)]
     outcome = run_report_tick(ctx, definition(), T0, claimed=True)
-    assert outcome.status == ELSEWHERE and report_rows(state) == []
+    assert outcome.status == RunOutcome.ELSEWHERE and report_rows(state) == []
 
 
 def _add_report(config_path: Path, body: dict[str, Any]) -> None:
@@ -285,7 +286,7 @@ def test_a_dead_replicas_report_run_is_taken_over_while_still_timely(deployment:
         assert [(r.status, r.replica) for r in late] == [("abandoned", "survivor")]
         assert "past its catch_up, not sent" in late[0].error
         outcome = run_report_tick(runtime.ctx, runtime.reports["hourly-triage"], T0, claimed=True)
-        assert outcome.status == ledger.OK and len(outcome.queued) == 1
+        assert outcome.status == RunOutcome.OK and len(outcome.queued) == 1
     finally:
         runtime.ctx.src.engine.dispose()
         state.close()

@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 from jinja2 import UndefinedError
 
+from audit_watch.channels.escaping import escape_markdown, escape_slack
 from audit_watch.config.model import Config
 from audit_watch.core.yaml_source import InputError
 from audit_watch.reports import (
@@ -32,7 +33,6 @@ from audit_watch.reports import (
 )
 from audit_watch.reports.charts import daily_jobs_png, safe_label, tokens_by_agent_png
 from audit_watch.reports.periods import off_hours_spans
-from audit_watch.reports.render_report import escape_markdown, escape_slack
 
 NOW = datetime(2026, 11, 20, 12, 0, tzinfo=UTC)
 UTC = UTC

@@ -111,7 +111,7 @@ def test_end_must_be_aware():
 
 def _expected_local_runs(start: datetime, end: datetime, zone: str, hour: int, minute: int,
                          weekdays: bool) -> list[datetime]:
-    """Wall-clock runs converted with zoneinfo: independent of croniter."""
+    """Wall-clock runs converted with zoneinfo: independent of the cron library."""
     tz = ZoneInfo(zone)
     day = start.astimezone(tz).date() - timedelta(days=1)
     out = []

@@ -265,7 +265,8 @@ def test_silence_validation(state: StateStore) -> None:
 
 def test_states_survive_in_the_database(state: StateStore) -> None:
     """process() writes what decide() said; a second store object reads it back."""
-    from audit_watch.alerting.pipeline import alerts_table, process
+    from audit_watch.alerting.pipeline import process
+    from audit_watch.alerting.views import alerts_table
     from audit_watch.config.model import Config
 
     config = Config.model_validate({"channels": {"oncall": {"type": "file", "path": "unused"}}})

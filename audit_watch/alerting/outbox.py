@@ -29,12 +29,11 @@ from sqlalchemy.engine import Connection
 
 from audit_watch.alerting.state import StateStore, alert_threads, outbox
 from audit_watch.channels.base import DeliveryResult, Notification
+from audit_watch.core.outcomes import DeliveryOutcome, OutboxStatus
 
 log = logging.getLogger(__name__)
 
-QUEUED, RETRYING, SENDING, DELIVERED, DEAD = "queued", "retrying", "sending", "delivered", "dead"
-STATUSES = (QUEUED, RETRYING, SENDING, DELIVERED, DEAD)
-FINAL = (DELIVERED, DEAD)
+FINAL = (OutboxStatus.DELIVERED, OutboxStatus.DEAD)
 
 
 @dataclass(frozen=True)
@@ -76,7 +75,7 @@ class OutboxEntry:
     kind: str
     rule: str
     title: str
-    status: str
+    status: OutboxStatus
     attempts: int
     created_at: datetime
     next_attempt_at: datetime | None
@@ -95,7 +94,7 @@ def enqueue(
     """Queue a notification inside the caller's transaction; returns its id."""
     stmt = insert(outbox).values(
         channel=channel, kind=kind, rule=rule, fingerprints=fingerprints, payload=payload, parent_id=parent_id,
-        status=QUEUED, attempts=0, created_at=now, next_attempt_at=now, give_up_at=now + policy.max_age,
+        status=OutboxStatus.QUEUED, attempts=0, created_at=now, next_attempt_at=now, give_up_at=now + policy.max_age,
     )
     return int(conn.execute(stmt.returning(outbox.c.id)).scalar_one())
 
@@ -105,8 +104,8 @@ def payload_of(conn: Connection, outbox_id: int) -> dict[str, Any] | None:
 
 
 def _due(now: datetime) -> Any:
-    waiting = and_(outbox.c.status.in_((QUEUED, RETRYING)), outbox.c.next_attempt_at <= now)
-    abandoned = and_(outbox.c.status == SENDING, outbox.c.claimed_until <= now)
+    waiting = and_(outbox.c.status.in_((OutboxStatus.QUEUED, OutboxStatus.RETRYING)), outbox.c.next_attempt_at <= now)
+    abandoned = and_(outbox.c.status == OutboxStatus.SENDING, outbox.c.claimed_until <= now)
     return or_(waiting, abandoned)
 
 
@@ -135,9 +134,10 @@ def claim(state: StateStore, now: datetime, policy: DeliveryPolicy, exclude: Ite
         conn.execute(
             update(outbox)
             .where(outbox.c.id.in_(ids), _due(now))
-            .values(status=SENDING, claimed_until=now + policy.lease, attempts=outbox.c.attempts + 1, last_attempt_at=now)
+            .values(status=OutboxStatus.SENDING, claimed_until=now + policy.lease, attempts=outbox.c.attempts + 1,
+                    last_attempt_at=now)
         )
-        claimed = select(outbox).where(outbox.c.id.in_(ids), outbox.c.status == SENDING).order_by(outbox.c.id)
+        claimed = select(outbox).where(outbox.c.id.in_(ids), outbox.c.status == OutboxStatus.SENDING).order_by(outbox.c.id)
         rows = conn.execute(claimed).all()
         parent_ids = {row.parent_id for row in rows if row.parent_id is not None}
         parents = {}
@@ -145,7 +145,7 @@ def claim(state: StateStore, now: datetime, policy: DeliveryPolicy, exclude: Ite
             found = conn.execute(
                 select(outbox.c.id, outbox.c.remote_ref, outbox.c.status).where(outbox.c.id.in_(parent_ids))
             )
-            parents = {p.id: p.remote_ref for p in found if p.status == DELIVERED}
+            parents = {p.id: p.remote_ref for p in found if p.status == OutboxStatus.DELIVERED}
     return [
         Claimed(
             Notification(
@@ -163,17 +163,17 @@ def claim(state: StateStore, now: datetime, policy: DeliveryPolicy, exclude: Ite
 def record(
     state: StateStore, claimed: Claimed, result: DeliveryResult, now: datetime, policy: DeliveryPolicy,
     rng: random.Random,
-) -> str:
-    """Store the outcome of one attempt; returns the new status (``lost`` when another
+) -> DeliveryOutcome:
+    """Store the outcome of one attempt; returns what it came to (``lost`` when another
     worker took the row over after this worker's lease ran out)."""
     n = claimed.notification
     values: dict[str, Any] = {"claimed_until": None}
     if result.remote_ref is not None:
         values["remote_ref"] = result.remote_ref
     if result.ok:
-        values.update(status=DELIVERED, delivered_at=now, last_error=result.error)
+        values.update(status=OutboxStatus.DELIVERED, delivered_at=now, last_error=result.error)
     elif not result.retryable:
-        values.update(status=DEAD, last_error=result.error)
+        values.update(status=OutboxStatus.DEAD, last_error=result.error)
         log.error("notification %s to %s failed permanently, kept as dead: %s", n.id, n.channel, result.error)
     else:
         if result.retry_after is not None:
@@ -184,10 +184,10 @@ def record(
         next_at = now + max(wait, policy.min_delay)
         if next_at > claimed.give_up_at:
             error = f"gave up after {claimed.attempts} attempts: {result.error}"
-            values.update(status=DEAD, last_error=error)
+            values.update(status=OutboxStatus.DEAD, last_error=error)
             log.error("notification %s to %s: %s", n.id, n.channel, error)
         else:
-            values.update(status=RETRYING, next_attempt_at=next_at, last_error=result.error)
+            values.update(status=OutboxStatus.RETRYING, next_attempt_at=next_at, last_error=result.error)
             log.warning("notification %s to %s failed (attempt %s), retry at %s: %s",
                         n.id, n.channel, claimed.attempts, next_at.isoformat(), result.error)
     with state.write() as conn:
@@ -195,18 +195,18 @@ def record(
         # worker took the row, this worker's late answer is dropped.
         done = conn.execute(
             update(outbox)
-            .where(outbox.c.id == n.id, outbox.c.status == SENDING, outbox.c.attempts == claimed.attempts)
+            .where(outbox.c.id == n.id, outbox.c.status == OutboxStatus.SENDING, outbox.c.attempts == claimed.attempts)
             .values(**values)
         ).rowcount
     if not done:
         log.warning("notification %s: claim lost before its result was stored", n.id)
-        return "lost"
-    return str(values["status"])
+        return DeliveryOutcome.LOST
+    return DeliveryOutcome(values["status"])
 
 
 def list_entries(state: StateStore, statuses: Iterable[str] | None = None, limit: int = 200) -> list[OutboxEntry]:
     """Newest first; by default everything not yet delivered (queued, retrying, sending, dead)."""
-    wanted = list(statuses) if statuses is not None else [QUEUED, RETRYING, SENDING, DEAD]
+    wanted = list(statuses) if statuses is not None else [s for s in OutboxStatus if s != OutboxStatus.DELIVERED]
     with state.read() as conn:
         rows = conn.execute(
             select(outbox).where(outbox.c.status.in_(wanted)).order_by(outbox.c.id.desc()).limit(limit)
@@ -214,8 +214,8 @@ def list_entries(state: StateStore, statuses: Iterable[str] | None = None, limit
     return [
         OutboxEntry(
             id=r.id, channel=r.channel, kind=r.kind, rule=r.rule, title=str((r.payload or {}).get("title", "")),
-            status=r.status, attempts=r.attempts, created_at=r.created_at,
-            next_attempt_at=r.next_attempt_at if r.status in (QUEUED, RETRYING) else None,
+            status=OutboxStatus(r.status), attempts=r.attempts, created_at=r.created_at,
+            next_attempt_at=r.next_attempt_at if r.status in (OutboxStatus.QUEUED, OutboxStatus.RETRYING) else None,
             give_up_at=r.give_up_at, last_attempt_at=r.last_attempt_at, delivered_at=r.delivered_at,
             last_error=r.last_error, parent_id=r.parent_id, alerts=len(r.fingerprints or []),
         )
@@ -227,7 +227,7 @@ def counts(state: StateStore) -> dict[str, int]:
     with state.read() as conn:
         rows = conn.execute(select(outbox.c.status, func.count()).group_by(outbox.c.status)).all()
     found = {status: int(count) for status, count in rows}
-    return {status: found.get(status, 0) for status in STATUSES}
+    return {status: found.get(status, 0) for status in OutboxStatus}
 
 
 def requeue(state: StateStore, ids: Iterable[int], now: datetime, policy: DeliveryPolicy | None = None) -> int:
@@ -236,8 +236,8 @@ def requeue(state: StateStore, ids: Iterable[int], now: datetime, policy: Delive
     with state.write() as conn:
         return conn.execute(
             update(outbox)
-            .where(outbox.c.id.in_(list(ids)), outbox.c.status == DEAD)
-            .values(status=QUEUED, next_attempt_at=now, give_up_at=now + policy.max_age, last_error=None)
+            .where(outbox.c.id.in_(list(ids)), outbox.c.status == OutboxStatus.DEAD)
+            .values(status=OutboxStatus.QUEUED, next_attempt_at=now, give_up_at=now + policy.max_age, last_error=None)
         ).rowcount
 
 

@@ -2,16 +2,16 @@
 
 * :func:`process` applies evaluations to the alert states and queues the
   notifications they cause, all in ONE transaction: either both the state change
-  and its notifications are stored, or neither.
-* :func:`deliver_due` sends what is due from the outbox and records each result.
-* :func:`alerts_table` and :func:`outbox_table` feed ``audit-watch alerts [--outbox]``.
+  and its notifications are stored, or neither. Its stages are in
+  :mod:`audit_watch.alerting.stages`, wired here in the order they run.
+* :func:`deliver_due` sends what is due from the outbox and records each result
+  (the sending stage: :mod:`audit_watch.alerting.senders`).
 
 Time is always the ``now`` argument: the caller reads the clock once per tick.
 """
 
 from __future__ import annotations
 
-import logging
 import random
 from collections import Counter
 from collections.abc import Iterable, Mapping
@@ -19,41 +19,25 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from markupsafe import escape
-from sqlalchemy.engine import Connection
-
-from audit_watch.alerting.notify import FIRING, RESOLVED, Planned, decide, plan
-from audit_watch.alerting.outbox import (
-    DeliveryPolicy,
-    OutboxEntry,
-    claim,
-    counts,
-    enqueue,
-    list_entries,
-    payload_of,
-    record,
-)
+from audit_watch.alerting.notify import decide
+from audit_watch.alerting.outbox import DeliveryPolicy, claim, record
+from audit_watch.alerting.senders import Senders, by_channel
 from audit_watch.alerting.silences import active_silences
-from audit_watch.alerting.state import (
-    AlertState,
-    StateStore,
-    all_states,
-    clear_thread_roots,
-    load_states,
-    save_states,
-    set_thread_root,
-    states_by_fingerprint,
-    thread_roots,
+from audit_watch.alerting.stages import (
+    enqueue_notification,
+    failed,
+    plan_notifications,
+    render,
+    stale,
+    store_step,
+    transitions,
 )
-from audit_watch.channels import Channel, DeliveryResult, make_channel, threaded
-from audit_watch.channels.messages import Entry, MessageContext, compose, rule_info, update_message
-from audit_watch.channels.render import Renderer, mrkdwn_escape
-from audit_watch.channels.settings import SlackChannel
+from audit_watch.alerting.state import StateStore, load_states
+from audit_watch.channels.base import Channel
+from audit_watch.channels.render import Renderer
 from audit_watch.config.model import Config
-from audit_watch.core.errors import short_error
+from audit_watch.core.outcomes import DeliveryOutcome
 from audit_watch.rules.evaluate import Evaluation
-
-log = logging.getLogger(__name__)
 
 MAX_ROUNDS = 20  # claim rounds per deliver_due: replies wait for their root, one round each
 
@@ -88,35 +72,15 @@ class DeliverySummary:
 
     @property
     def delivered(self) -> int:
-        return self._count("delivered")
+        return self._count(DeliveryOutcome.DELIVERED)
 
     @property
     def retrying(self) -> int:
-        return self._count("retrying")
+        return self._count(DeliveryOutcome.RETRYING)
 
     @property
     def dead(self) -> int:
-        return self._count("dead")
-
-
-@dataclass(frozen=True)
-class AlertRow:
-    """One line of ``audit-watch alerts``."""
-
-    rule: str
-    group: str
-    state: str
-    severity: str
-    value: Any
-    started_at: datetime
-    fired_at: datetime | None
-    resolved_at: datetime | None
-    last_evaluated_at: datetime
-    last_notified_at: datetime | None
-    silenced_by: int | None
-    fingerprint: str
-    recent_values: list[list[Any]]
-    list_link: str
+        return self._count(DeliveryOutcome.DEAD)
 
 
 def process(
@@ -135,100 +99,27 @@ def process(
         silences = active_silences(conn, now)
         for evaluation in evaluations:
             rule = evaluation.rule
-            if not evaluation.ok:
-                summary.skipped.append((rule.name, f"evaluation failed: {evaluation.error}"))
+            if why := failed(evaluation):
+                summary.skipped.append((rule.name, why))
                 continue
             prior = load_states(conn, rule.name, lock=True)
-            latest = max((s.last_evaluated_at for s in prior.values()), default=None)
-            if latest is not None and evaluation.now < latest:
-                summary.skipped.append((rule.name, f"stale: evaluated at {evaluation.now.isoformat()}, "
-                                                   f"state already at {latest.isoformat()}"))
+            if why := stale(evaluation, prior):
+                summary.skipped.append((rule.name, why))
                 continue
-            summary.evaluations += 1
             step = decide(rule, prior, evaluation.alerts, evaluation.now, silences)
-            save_states(conn, step.changed, set(prior), step.removed)
-            clear_thread_roots(conn, step.new_episodes)
-            _count_transitions(summary, prior, step.changed, step.removed)
+            store_step(conn, prior, step)
+            summary.evaluations += 1
+            summary.transitions.update(transitions(prior, step))
             summary.silenced += step.silenced
-            roots = thread_roots(conn, [c.state.fingerprint for c in step.events])
-            for planned in plan(rule, step.events, config.channels, roots, threaded):
-                summary.notifications.append(
-                    _queue(conn, planned, config, renderer, policy, evaluation.now, now)
-                )
+            planned = plan_notifications(conn, rule, step.events, config.channels)
+            # Stages that choose among planned notifications slot in here, each taking and
+            # returning the list: routing, inhibition, mute intervals, a cap per channel per tick.
+            for notification in planned:
+                channel = config.channels[notification.channel]
+                payload = render(conn, notification, channel, renderer, evaluation.now)
+                summary.notifications.append(enqueue_notification(conn, notification, payload, channel, policy, now))
+            # Stages that follow what was queued (acknowledgement, escalation) slot in here.
     return summary
-
-
-def _count_transitions(summary: ProcessSummary, prior: Mapping[str, AlertState], changed: list[AlertState],
-                       removed: list[str]) -> None:
-    for item in changed:
-        before = prior.get(item.fingerprint)
-        if before is None or before.state != item.state:
-            summary.transitions[item.state] += 1
-    summary.transitions["cleared"] += len(removed)
-
-
-def _entry(item: AlertState, status: str | None = None) -> Entry:
-    return Entry(item.alert, status or item.state, item.started_at, item.fired_at, item.resolved_at)
-
-
-def _queue(conn: Connection, planned: Planned, config: Config, renderer: Renderer, policy: DeliveryPolicy,
-           evaluated_at: datetime, now: datetime) -> int:
-    channel = config.channels[planned.channel]
-    ctx = MessageContext(rule_info(planned.rule), planned.kind, [_entry(c.state) for c in planned.changes], evaluated_at)
-    try:
-        payload = compose(channel, renderer, ctx)
-        if planned.kind == RESOLVED and planned.parent_id is not None and isinstance(channel, SlackChannel):
-            update = _root_update(conn, planned, renderer, ctx, channel.max_rows)
-            if update is not None:
-                payload["update"] = update
-    except Exception as exc:
-        log.exception("rendering %s for %s failed; sending a plain fallback", planned.rule.name, planned.channel)
-        payload = _fallback_payload(planned, ctx, short_error(exc))
-    outbox_id = enqueue(
-        conn, channel=planned.channel, kind=planned.kind, rule=planned.rule.name,
-        fingerprints=planned.fingerprints, payload=payload, now=now, policy=policy, parent_id=planned.parent_id,
-    )
-    if planned.kind == FIRING and threaded(channel):
-        set_thread_root(conn, planned.fingerprints, planned.channel, outbox_id)
-    return outbox_id
-
-
-def _root_update(conn: Connection, planned: Planned, renderer: Renderer, ctx: MessageContext,
-                 max_rows: int) -> dict[str, Any] | None:
-    """The firing message re-rendered: each of its alerts firing or resolved as of now.
-
-    An alert counts as still firing only while the message is still its thread root
-    (one that resolved and fired again belongs to a newer message).
-    """
-    root = payload_of(conn, planned.parent_id or 0)
-    if not root or not root.get("alerts"):
-        return None
-    fingerprints = [a["fingerprint"] for a in root["alerts"]]
-    states = states_by_fingerprint(conn, fingerprints)
-    roots = thread_roots(conn, fingerprints)
-    entries = []
-    for alert in root["alerts"]:
-        fp = alert["fingerprint"]
-        item = states.get(fp)
-        still = item is not None and item.state == "firing" and roots.get((fp, planned.channel)) == planned.parent_id
-        if item is None:
-            entries.append(Entry(alert, "resolved"))
-        else:
-            entries.append(Entry(alert, "firing" if still else "resolved", item.started_at, item.fired_at,
-                                 item.resolved_at if not still else None))
-    return update_message(renderer, MessageContext(ctx.rule, "update", entries, ctx.now), max_rows)
-
-
-def _fallback_payload(planned: Planned, ctx: MessageContext, error: str) -> dict[str, Any]:
-    labels = ", ".join(str(c.state.group_label) for c in planned.changes)
-    line = f"{planned.rule.name}: {planned.kind} ({labels}). Rendering failed: {error}"
-    section = {"type": "section", "text": {"type": "mrkdwn", "text": mrkdwn_escape(line)[:2900]}}
-    return {
-        "title": f"{planned.rule.name}: {planned.kind}", "text": mrkdwn_escape(line)[:2900], "blocks": [section],
-        "subject": f"[audit-watch] {planned.rule.name}: {planned.kind}", "html": f"<pre>{escape(line)}</pre>",
-        "message_id": f"<audit-watch.fallback.{planned.rule.name}.{ctx.now.timestamp():.0f}@audit-watch.local>",
-        "alerts": [c.state.alert for c in planned.changes],
-    }
 
 
 def deliver_due(
@@ -246,76 +137,18 @@ def deliver_due(
     policy = policy or DeliveryPolicy.from_config(config.delivery)
     rng = rng or random.Random()
     summary = DeliverySummary()
-    built: dict[str, Channel] = {}
     attempted: set[int] = set()
-    try:
+    with Senders(config, channels, channel_options) as senders:
         for _ in range(MAX_ROUNDS):
             claimed = claim(state, now, policy, exclude=attempted, only=wanted)
             if not claimed:
                 break
             attempted.update(c.notification.id for c in claimed)
-            by_channel: dict[str, list[Any]] = {}
-            for item in claimed:
-                by_channel.setdefault(item.notification.channel, []).append(item)
-            for name, items in by_channel.items():
-                results = _send(name, items, config, channels or {}, built, channel_options or {})
-                for item, result in zip(items, results):
+            for name, items in by_channel(claimed).items():
+                for item, result in zip(items, senders.send(name, items)):
                     status = record(state, item, result, now, policy, rng)
                     summary.outcomes.append(Outcome(item.notification.id, name, status, result.error))
-    finally:
-        for sender in built.values():
-            sender.close()
     return summary
 
 
-def _send(name: str, items: list[Any], config: Config, overrides: Mapping[str, Channel],
-          built: dict[str, Channel], options: Mapping[str, Mapping[str, Any]]) -> list[DeliveryResult]:
-    sender = overrides.get(name) or built.get(name)
-    if sender is None:
-        channel_config = config.channels.get(name)
-        if channel_config is None:
-            log.error("outbox: channel %r is no longer configured", name)
-            return [DeliveryResult.permanent(f"channel {name!r} is not configured")] * len(items)
-        sender = built[name] = make_channel(name, channel_config, config.base_dir, **options.get(name, {}))
-    try:
-        results = sender.send_batch([i.notification for i in items])
-    except Exception as exc:
-        log.exception("channel %s raised while sending", name)
-        return [DeliveryResult.retry(short_error(exc))] * len(items)
-    if len(results) != len(items):  # pragma: no cover - a sender contract breach
-        return [DeliveryResult.retry("sender returned a wrong number of results")] * len(items)
-    return results
-
-
-def alerts_table(state: StateStore, include_resolved: bool = True) -> list[AlertRow]:
-    """Current alert states, firing first, then pending, then resolved."""
-    order = {"firing": 0, "pending": 1, "resolved": 2}
-    with state.read() as conn:
-        items = all_states(conn, include_resolved)
-    rows = [
-        AlertRow(
-            rule=s.rule, group=s.group_label, state=s.state, severity=str(s.alert.get("severity", "")),
-            value=s.alert.get("value"), started_at=s.started_at, fired_at=s.fired_at, resolved_at=s.resolved_at,
-            last_evaluated_at=s.last_evaluated_at, last_notified_at=s.last_notified_at,
-            silenced_by=s.silenced_by, fingerprint=s.fingerprint, recent_values=s.recent_values,
-            list_link=str(s.alert.get("list_link", "")),
-        )
-        for s in items
-    ]
-    return sorted(rows, key=lambda r: (order.get(r.state, 3), r.rule, r.group))
-
-
-def outbox_table(state: StateStore, statuses: Iterable[str] | None = None, limit: int = 200) -> list[OutboxEntry]:
-    """``alerts --outbox``: queued, retrying, sending and dead notifications (newest first)."""
-    return list_entries(state, statuses, limit)
-
-
-def outbox_summary(state: StateStore) -> dict[str, int]:
-    """How many notifications are in each status."""
-    return counts(state)
-
-
-__all__ = [
-    "AlertRow", "DeliveryPolicy", "DeliverySummary", "Outcome", "ProcessSummary", "alerts_table", "deliver_due",
-    "outbox_summary", "outbox_table", "process",
-]
+__all__ = ["DeliveryPolicy", "DeliverySummary", "Outcome", "ProcessSummary", "deliver_due", "process"]

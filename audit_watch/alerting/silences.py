@@ -104,7 +104,9 @@ def add(
     }
     with state.write() as conn:
         new_id = conn.execute(insert(silence_table).values(**row).returning(silence_table.c.id)).scalar_one()
-    return Silence(id=new_id, **row)
+    return Silence(id=new_id, rule=rule.strip(), matchers=dict(matchers or {}), starts_at=start,
+                   ends_at=start + duration, comment=comment.strip(), created_by=created_by, created_at=now,
+                   expired_at=None)
 
 
 def list_silences(state: StateStore, now: datetime, include_ended: bool = False) -> list[Silence]:

@@ -161,9 +161,10 @@ class StateStore:
 
     @classmethod
     def from_config(cls, config: Config) -> StateStore:
-        """``state.url`` as written: like ``source.url``, a relative SQLite path is
-        relative to the working directory (paths such as ``rules`` are relative to
-        the config file; URLs are not paths)."""
+        """``state.url`` as the config holds it: a relative SQLite path written in the
+        config file was made relative to the file's folder when it was read, like
+        every path in it; the default (no ``state:`` section) is
+        ``audit-watch-state.db`` in the working directory."""
         return cls.open(config.state.url)
 
     @property

@@ -1,9 +1,12 @@
-"""Email through ``smtplib``: one connection per batch, multipart/alternative.
+"""The ``email`` channel type: config, payloads, and sending through ``smtplib``.
+
+Payloads: ``{"subject", "text", "html", "message_id"}`` with the HTML's CSS
+inlined (mail clients drop ``<style>``); a report's also has ``attachments``.
 
 :func:`build_message` turns a payload into the message, for alerts and reports
-alike: text and HTML as alternatives and, when the payload has ``attachments``
-(reports), the inline images related to the HTML part and the other files
-attached (multipart/mixed).
+alike: text and HTML as alternatives (multipart/alternative) and, when the
+payload has ``attachments`` (reports), the inline images related to the HTML
+part and the other files attached (multipart/mixed). One connection per batch.
 
 STARTTLS (``starttls: true``, usually port 587) or implicit TLS (``ssl: true``,
 usually 465), login when a username is set, and always a ``timeout`` (the
@@ -21,16 +24,59 @@ import logging
 import smtplib
 import ssl
 from collections.abc import Mapping, Sequence
-from datetime import datetime
+from datetime import datetime, timedelta
 from email.message import EmailMessage
-from email.utils import format_datetime
-from typing import Any
+from email.utils import format_datetime, make_msgid
+from pathlib import Path
+from typing import Any, Literal
+
+import css_inline
+from pydantic import Field, SecretStr
 
 from audit_watch.channels.base import Channel, DeliveryResult, Notification
-from audit_watch.channels.settings import EmailChannel
+from audit_watch.channels.channel_type import ChannelSettings, ChannelType, ReportContent
+from audit_watch.channels.messages import MessageContext, template_context, template_names
+from audit_watch.channels.render import Renderer
+from audit_watch.core.durations import Duration
 from audit_watch.core.errors import short_error
 
 log = logging.getLogger(__name__)
+
+EMAIL_MAX_ROWS = 10
+_INLINER = css_inline.CSSInliner(load_remote_stylesheets=False)
+
+
+class EmailChannel(ChannelSettings):
+    type: Literal["email"]
+    host: str
+    port: int = 587
+    starttls: bool = False
+    ssl: bool = False
+    username: str | None = None
+    password: SecretStr | None = None
+    from_: str = Field(alias="from")
+    to: tuple[str, ...]
+    cc: tuple[str, ...] = ()
+    timeout: Duration = timedelta(seconds=30)
+
+
+def email_fields(subject: str, text: str, html: str, sender: str, inline_css: bool = True) -> dict[str, Any]:
+    """What every e-mail payload holds: a one-line subject, the text, the HTML with its
+    CSS inlined (mail clients drop <style>), a Message-ID in the sender's domain."""
+    domain = sender.rpartition("@")[2] or "audit-watch.local"
+    return {
+        "subject": " ".join(subject.split())[:250],
+        "text": text,
+        "html": _INLINER.inline(html) if inline_css else html,
+        "message_id": make_msgid("audit-watch", domain=domain),
+    }
+
+
+def report_email(report: ReportContent, sender: str, inline_css: bool = True) -> dict[str, Any]:
+    """The e-mail of a report: subject, text, HTML (CSS inlined), a Message-ID in the
+    sender's domain, and every attachment (the charts with their Content-IDs, the evidence CSV)."""
+    fields = email_fields(f"{report.title} — {report.period}", report.text, report.email_html, sender, inline_css)
+    return {"title": report.title, **fields, "attachments": [dict(a) for a in report.attachments]}
 
 
 def build_message(
@@ -174,3 +220,25 @@ class EmailSender(Channel):
             return DeliveryResult.retry(f"SMTP server disconnected: {short_error(exc)}")
         note = f"some recipients refused: {refused}" if refused else None
         return DeliveryResult.delivered({"message_id": notification.payload.get("message_id")}, note=note)
+
+
+class EmailType(ChannelType[EmailChannel]):
+    """Repeats and resolutions carry In-Reply-To of the firing message: mail clients thread them."""
+
+    config_model = EmailChannel
+    threads = True
+
+    def sender(self, name: str, config: EmailChannel, base_dir: Path | None, **options: Any) -> Channel:
+        return EmailSender(name, config, **options)
+
+    def alert_payload(self, config: EmailChannel, renderer: Renderer, message: MessageContext) -> dict[str, Any]:
+        data = template_context(message, EMAIL_MAX_ROWS)
+        names = template_names(message)
+        return email_fields(renderer.render("subject", names, data), renderer.render("email_text", names, data) + "\n",
+                            renderer.render("email_html", names, data), config.from_)
+
+    def report_payload(self, config: EmailChannel, report: ReportContent) -> dict[str, Any]:
+        return report_email(report, config.from_)
+
+
+EMAIL = EmailType()

@@ -1,4 +1,8 @@
-"""A ``file`` channel: each notification as JSON and as rendered text in a folder.
+"""The ``file`` channel type: each notification as JSON and as rendered text in a folder.
+
+Payloads: an alert's ``{"text"}`` (the ``text`` template); a report's
+``{"title", "text", "html", "attachments"}`` (the standalone HTML, the evidence
+CSV when there is one).
 
 Names sort by time and stay stable across retries:
 ``20261120T093000Z-00000042-failed-job-spike-firing.json`` (queue time, outbox
@@ -15,13 +19,22 @@ import json
 import os
 import re
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from audit_watch.channels.base import Channel, DeliveryResult, Notification
-from audit_watch.channels.settings import FileChannel
+from audit_watch.channels.channel_type import ChannelSettings, ChannelType, ReportContent
+from audit_watch.channels.messages import MessageContext, template_context, template_names
+from audit_watch.channels.render import Renderer
 from audit_watch.core.errors import short_error
 
+FILE_MAX_ROWS = 20
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
+
+
+class FileChannel(ChannelSettings):
+    type: Literal["file"]
+    path: str
+    format: Literal["json", "text", "both"] = "both"
 
 
 def file_stem(notification: Notification) -> str:
@@ -77,3 +90,24 @@ def _attachment_suffix(item: dict[str, Any]) -> str:
     if item.get("content_type") == "text/csv":
         return ".evidence.csv"
     return "." + (_UNSAFE.sub("-", str(item.get("filename") or "")).strip("-.")[:80] or "attachment")
+
+
+class FileType(ChannelType[FileChannel]):
+    config_model = FileChannel
+
+    def sender(self, name: str, config: FileChannel, base_dir: Path | None, **options: Any) -> Channel:
+        """Writes under ``path``; a relative one is relative to the config file's folder."""
+        folder = Path(config.path).expanduser()
+        if not folder.is_absolute() and base_dir is not None:
+            folder = base_dir / folder
+        return FileSender(name, config, folder)
+
+    def alert_payload(self, config: FileChannel, renderer: Renderer, message: MessageContext) -> dict[str, Any]:
+        return {"text": renderer.render("text", template_names(message), template_context(message, FILE_MAX_ROWS))}
+
+    def report_payload(self, config: FileChannel, report: ReportContent) -> dict[str, Any]:
+        return {"title": report.title, "text": report.text, "html": report.html,
+                "attachments": [dict(report.evidence)] if report.evidence is not None else []}
+
+
+FILE = FileType()

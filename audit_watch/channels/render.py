@@ -1,18 +1,13 @@
-"""Jinja templates for notifications: one environment per kind of escaping.
+"""Jinja templates for alert notifications: rendering by medium, the filters, ``check``.
 
-* ``slack``: mrkdwn. No HTML autoescape; instead ``finalize`` escapes exactly
-  ``&``, ``<`` and ``>`` in every ``{{ ... }}`` output, so nothing from the audit
-  store can write ``<!channel>``, ``<@U123>`` or a disguised ``<https://evil|label>``.
-  Only :class:`SlackSafe` values (the links our own ``link`` filter builds) pass as is.
-* ``html``: email HTML, always autoescaped (also in included files).
-* ``text``: email text, subjects and the file channel's plain text.
-
-All three are ``ImmutableSandboxedEnvironment`` with ``StrictUndefined`` (a typo in
-a template is an error, not an empty string) and search the config's template
-folders before the bundled ``templates/``. Template names:
-``alerts/<name>.<medium>.j2`` where ``<name>`` is the rule's ``template``, else its
-kind, else ``default``; the mediums are ``slack`` (one alert's section),
-``email.html``, ``email.txt``, ``subject`` and ``text``.
+The environments come from :func:`audit_watch.channels.templating.environment`
+(the same sandbox and escaping as reports; see there): ``slack`` for mrkdwn,
+``html`` for e-mail HTML, ``text`` for e-mail text, subjects and the file
+channel's plain text. They search the config's template folders before the
+bundled ``templates/``. Template names: ``alerts/<name>.<medium>.j2`` where
+``<name>`` is the rule's ``template``, else its kind, else ``default``; the
+mediums are ``slack`` (one alert's section), ``email.html``, ``email.txt``,
+``subject`` and ``text``.
 """
 
 from __future__ import annotations
@@ -24,13 +19,12 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 from zoneinfo import ZoneInfo
 
-from jinja2 import FileSystemLoader, StrictUndefined, TemplateError, TemplateSyntaxError, meta
+from jinja2 import TemplateError, TemplateSyntaxError, meta
 from jinja2.sandbox import ImmutableSandboxedEnvironment
-from markupsafe import Markup, escape
 
+from audit_watch.channels.templating import environment
 from audit_watch.core.numbers import number as plain_number
 from audit_watch.core.paths import BUNDLED_TEMPLATES
 from audit_watch.core.timestamps import parse_timestamp
@@ -46,59 +40,6 @@ MEDIA = {  # medium -> (environment, file suffix)
 }
 # The names templates may use; check() warns about any other top-level name.
 CONTEXT_NAMES = frozenset({"rule", "event", "alerts", "alert", "count", "now", "timezone", "title", "status"})
-_SAFE_SCHEMES = ("http", "https", "mailto")
-
-
-class SlackSafe(str):
-    """mrkdwn that our own code built and escaped (links): ``finalize`` passes it as is."""
-
-
-def mrkdwn_escape(text: Any) -> str:
-    """Slack's escaping: exactly ``&``, ``<``, ``>`` (quotes would show literally)."""
-    return str(text).replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
-
-
-def _slack_finalize(value: Any) -> str:
-    if isinstance(value, SlackSafe):
-        return value
-    return mrkdwn_escape("" if value is None else value)
-
-
-def _plain_finalize(value: Any) -> Any:
-    return "" if value is None else value
-
-
-def safe_url(url: Any) -> str | None:
-    """The URL when it is http(s)/mailto and has no whitespace or controls, else None."""
-    text = str(url or "").strip()
-    if not text or any(ch.isspace() or ord(ch) < 32 for ch in text):
-        return None
-    return text if urlsplit(text).scheme.lower() in _SAFE_SCHEMES else None
-
-
-def slack_link(url: Any, label: Any = None) -> SlackSafe:
-    """``<url|label>`` with both parts escaped; ``|`` in the URL percent-encoded."""
-    checked = safe_url(url)
-    shown = mrkdwn_escape(label if label not in (None, "") else url)
-    if checked is None:
-        return SlackSafe(shown)
-    target = mrkdwn_escape(checked).replace("|", "%7C")
-    return SlackSafe(f"<{target}|{shown.replace('|', '¦')}>")
-
-
-def html_link(url: Any, label: Any = None) -> Markup:
-    checked = safe_url(url)
-    shown = label if label not in (None, "") else url
-    if checked is None:
-        return escape(shown)
-    return Markup('<a href="{}">{}</a>').format(checked, shown)
-
-
-def text_link(url: Any, label: Any = None) -> str:
-    checked = safe_url(url) or ""
-    if label in (None, "") or label == checked:
-        return checked
-    return f"{label}: {checked}"
 
 
 # --- filters ------------------------------------------------------------------------
@@ -171,26 +112,10 @@ def _time_filter(zone: ZoneInfo) -> Callable[..., str]:
 
 
 def _environment(kind: str, folders: list[Path], zone: ZoneInfo) -> ImmutableSandboxedEnvironment:
-    options: dict[str, Any] = {
-        "loader": FileSystemLoader([str(f) for f in folders]),
-        "undefined": StrictUndefined,
-        "trim_blocks": True,
-        "lstrip_blocks": True,
-        "keep_trailing_newline": False,
+    filters: dict[str, Callable[..., Any]] = {
+        "duration": duration, "number": number, "percent": percent, "reltime": reltime, "time": _time_filter(zone),
     }
-    if kind == "slack":
-        options["finalize"] = _slack_finalize
-    elif kind == "html":
-        options.update(autoescape=True, finalize=_plain_finalize)
-    else:
-        options["finalize"] = _plain_finalize
-    env = ImmutableSandboxedEnvironment(**options)
-    env.filters.update(
-        duration=duration, number=number, percent=percent, reltime=reltime, time=_time_filter(zone),
-        link={"slack": slack_link, "html": html_link}.get(kind, text_link),
-    )
-    env.globals["link"] = env.filters["link"]
-    return env
+    return environment(kind, folders, filters=filters)
 
 
 class Renderer:

@@ -1,4 +1,7 @@
-"""Slack: ``chat.postMessage`` / ``chat.update`` with a bot token, or an incoming webhook.
+"""The ``slack`` (bot token) and ``slack_webhook`` channel types: config, senders, payloads.
+
+``slack``: ``chat.postMessage`` / ``chat.update`` with a bot token; ``slack_webhook``:
+an incoming webhook. Both send the payloads of :mod:`audit_watch.channels.slack_messages`.
 
 slack-sdk's own retry handlers are switched off (``retry_handlers=[]``): a sleeping
 retry would block the scheduler's thread, while the outbox reschedules for free.
@@ -16,19 +19,41 @@ progress travels in ``remote_ref``.
 from __future__ import annotations
 
 import logging
-from typing import Any
+from pathlib import Path
+from typing import Any, Literal
 
+from pydantic import Field, SecretStr
 from slack_sdk import WebClient
 from slack_sdk.errors import SlackApiError
 from slack_sdk.webhook import WebhookClient
 
 from audit_watch.channels.base import Channel, DeliveryResult, Notification
-from audit_watch.channels.settings import SlackChannel, SlackWebhookChannel
+from audit_watch.channels.channel_type import ChannelSettings, ChannelType, ReportContent
+from audit_watch.channels.messages import MessageContext
+from audit_watch.channels.render import Renderer
+from audit_watch.channels.slack_messages import alert_message, report_message
 from audit_watch.core.errors import short_error
 
 log = logging.getLogger(__name__)
 
-# Errors that the same request will always get again: fix the config, then requeue.
+
+class SlackChannel(ChannelSettings):
+    type: Literal["slack"]
+    token: SecretStr
+    channel: str
+    base_url: str | None = None
+    max_rows: int = Field(default=10, ge=0, le=20)
+
+
+class SlackWebhookChannel(ChannelSettings):
+    type: Literal["slack_webhook"]
+    url: SecretStr
+    max_rows: int = Field(default=10, ge=0, le=20)
+
+
+# Errors that the same request will always get again: the notification is kept as dead at once
+# (`alerts --outbox` shows it with its hint) and is not sent again; after the config is fixed, the
+# alert's next notification (a repeat, its resolution) goes out.
 PERMANENT_ERRORS = frozenset({
     "invalid_auth", "not_authed", "account_inactive", "token_revoked", "token_expired", "no_permission",
     "missing_scope", "channel_not_found", "not_in_channel", "is_archived", "restricted_action",
@@ -89,22 +114,22 @@ class SlackBotChannel(Channel):
         payload = notification.payload
         ref = dict(notification.remote_ref or {})
         parent = notification.parent_ref if notification.parent_ref and notification.parent_ref.get("ts") else None
-        in_thread = parent is not None and notification.kind != "firing"
+        thread = parent if notification.kind != "firing" else None   # repeats and resolutions reply
         try:
             if "ts" not in ref:
                 args: dict[str, Any] = {
-                    "channel": parent["channel"] if in_thread else self.config.channel,
+                    "channel": thread["channel"] if thread else self.config.channel,
                     "text": payload["text"], "blocks": payload["blocks"],
                     "unfurl_links": False, "unfurl_media": False,
                 }
-                if in_thread:
-                    args["thread_ts"] = parent["ts"]
+                if thread:
+                    args["thread_ts"] = thread["ts"]
                 response = self.client.chat_postMessage(**args)
                 ref = {"channel": response["channel"], "ts": response["ts"]}
-                if in_thread:
-                    ref["thread_ts"] = parent["ts"]
-            if in_thread and notification.kind == "resolved" and payload.get("update") and "updated" not in ref:
-                return self._update_root(notification, parent, ref)
+                if thread:
+                    ref["thread_ts"] = thread["ts"]
+            if thread and notification.kind == "resolved" and payload.get("update") and "updated" not in ref:
+                return self._update_root(notification, thread, ref)
         except SlackApiError as exc:
             return classify_api_error(self.name, exc, ref or None)
         except Exception as exc:  # noqa: BLE001 - connection errors, timeouts: try again later
@@ -151,3 +176,43 @@ class SlackWebhookSender(Channel):
             return DeliveryResult.retry(f"webhook answered HTTP {status}: {body}")
         log.error("slack webhook %s: permanent error HTTP %s %s: check the webhook URL", self.name, status, body)
         return DeliveryResult.permanent(f"webhook answered HTTP {status}: {body}")
+
+
+class SlackType(ChannelType[SlackChannel]):
+    """A bot token: repeats and resolutions reply in the firing message's thread, and
+    a resolution also updates that message to show what is resolved."""
+
+    config_model = SlackChannel
+    threads = True
+    updates_root = True
+
+    def sender(self, name: str, config: SlackChannel, base_dir: Path | None, **options: Any) -> Channel:
+        return SlackBotChannel(name, config, **options)
+
+    def alert_payload(self, config: SlackChannel, renderer: Renderer, message: MessageContext) -> dict[str, Any]:
+        return alert_message(renderer, message, config.max_rows)
+
+    def report_payload(self, config: SlackChannel, report: ReportContent) -> dict[str, Any]:
+        return report_message(report)
+
+    def root_update(self, config: SlackChannel, renderer: Renderer, message: MessageContext) -> dict[str, Any]:
+        return alert_message(renderer, message, config.max_rows)
+
+
+class SlackWebhookType(ChannelType[SlackWebhookChannel]):
+    """An incoming webhook: every notification a message of its own."""
+
+    config_model = SlackWebhookChannel
+
+    def sender(self, name: str, config: SlackWebhookChannel, base_dir: Path | None, **options: Any) -> Channel:
+        return SlackWebhookSender(name, config, **options)
+
+    def alert_payload(self, config: SlackWebhookChannel, renderer: Renderer, message: MessageContext) -> dict[str, Any]:
+        return alert_message(renderer, message, config.max_rows)
+
+    def report_payload(self, config: SlackWebhookChannel, report: ReportContent) -> dict[str, Any]:
+        return report_message(report)
+
+
+SLACK = SlackType()
+SLACK_WEBHOOK = SlackWebhookType()

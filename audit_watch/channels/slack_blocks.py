@@ -14,7 +14,7 @@ from typing import Any
 from slack_sdk.models.blocks import ButtonElement, ContextBlock, HeaderBlock, SectionBlock
 from slack_sdk.models.blocks.basic_components import MarkdownTextObject
 
-from audit_watch.channels.render import safe_url
+from audit_watch.channels.escaping import safe_url
 
 MAX_BLOCKS = 50
 MAX_TEXT = 3000

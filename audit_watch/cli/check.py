@@ -2,6 +2,7 @@
 
 Nothing here stops at the first problem: a broken config still lets the rules
 be checked (without channel names), and each rule file is checked on its own.
+Schedules are checked by building the triggers the daemon would build.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from audit_watch.channels.render import BUNDLED_TEMPLATES, check_templates
 from audit_watch.config.model import Config, read_config
 from audit_watch.core.yaml_source import Problem
+from audit_watch.daemon.runtime import build_triggers
 from audit_watch.reports import report_definitions
 from audit_watch.rules.loader import load_rules
 from audit_watch.store.source import AuditSource
@@ -46,6 +48,8 @@ def run_check(config_path: str | None, source_url: str | None = None, connect: b
     definitions, report_problems = report_definitions(base.report_paths, base.channels if config is not None else None)
     report.problems.extend(report_problems)
     report.reports = len(definitions)
+    # What the daemon would schedule, built the way it builds it.
+    report.problems.extend(build_triggers(rule_set.rules, definitions, base.timezone)[2])
     template_dirs = [*base.template_paths, BUNDLED_TEMPLATES]
     report.templates, template_problems = check_template_dirs(template_dirs)
     report.problems.extend(template_problems)

@@ -10,6 +10,7 @@ from rich.console import Console
 from rich.table import Table
 
 from audit_watch.core.numbers import format_number, number
+from audit_watch.core.outcomes import RunOutcome
 from audit_watch.demo.run import DemoResult
 from audit_watch.rules.alert import Alert
 from audit_watch.rules.backtest import BacktestResult
@@ -174,9 +175,11 @@ def demo_summary(demo: DemoResult) -> None:
     alerts = [a for e in evaluations for a in e.alerts]
     console.print(alerts_table(alerts, title=f"audit-watch demo: alerts at {demo.now:%Y-%m-%d %H:%M} UTC"))
     fired = sum(1 for e in evaluations if e.alerts)
+    held = demo.result.count(RunOutcome.HELD)
     console.print(
-        f"{len(evaluations)} rules evaluated in {demo.elapsed:.2f}s: {fired} fired, "
-        f"{sum(len(e.alerts) for e in evaluations)} alerts."
+        f"{len(evaluations)} rules evaluated in {demo.elapsed:.2f}s as `run --once` evaluates them (run ledger, "
+        f"freshness check, alert states, outbox): {fired} fired, {sum(len(e.alerts) for e in evaluations)} alerts"
+        + (f"; {held} held (the audit store is silent)." if held else ".")
     )
     for evaluation in evaluations:
         if evaluation.error:

@@ -23,7 +23,7 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError
 
-from audit_watch.channels.settings import Channel
+from audit_watch.channels.registry import ChannelConfig
 from audit_watch.core.durations import Duration
 from audit_watch.core.validators import TimeZoneName
 from audit_watch.core.yaml_source import InputError, LocatedDocument, Problem, interpolate_env, load_yaml
@@ -138,7 +138,7 @@ class Config(_Strict):
     templates: tuple[str, ...] = ()
     reports: tuple[str, ...] = ("reports/",)   # report definitions: files or folders
     timezone: TimeZoneName = "UTC"
-    channels: dict[str, Channel] = Field(default_factory=dict)
+    channels: dict[str, ChannelConfig] = Field(default_factory=dict)   # one entry per registered type
     daemon: DaemonConfig = Field(default_factory=DaemonConfig)
     delivery: DeliveryConfig = Field(default_factory=DeliveryConfig)
     # The folder relative paths in this file are resolved against.
@@ -230,10 +230,10 @@ def _child(node: Any, part: Any) -> Any:
     return None
 
 
-def _friendly_message(item: dict[str, Any]) -> str:
+def _friendly_message(item: Any) -> str:  # a pydantic ErrorDetails
     kind = item["type"]
     if kind == "extra_forbidden":
-        return "unknown key (check the spelling; see rules.md for the keys)"
+        return "unknown key (check the spelling; README.md lists the keys)"
     if kind == "missing":
         return "required key is missing"
     if kind == "union_tag_invalid":
@@ -277,13 +277,14 @@ def read_config(
         doc = load_yaml(path)
     except InputError as exc:
         return None, exc.problems
-    base = {"base_dir": path.resolve().parent, "file": str(path)}
+    base_dir = path.resolve().parent
+    base: dict[str, Any] = {"base_dir": base_dir, "file": str(path)}
     if doc.data is None:
-        return Config(**base), []
+        return Config(base_dir=base_dir, file=str(path)), []
     if not isinstance(doc.data, dict):
         return None, [doc.problem((), "the configuration must be a mapping of keys")]
     problems = interpolate_env(doc, environ)
-    data = _anchor_sqlite_urls(doc.data, base["base_dir"])
+    data = _anchor_sqlite_urls(doc.data, base_dir)
     try:
         return Config.model_validate({**data, **base}), problems
     except ValidationError as exc:

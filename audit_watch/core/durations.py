@@ -1,4 +1,4 @@
-"""Durations as rules.md writes them: ``30s``, ``15m``, ``6h``, ``7d``, ``2w``."""
+"""Durations as config and rule files write them: ``30s``, ``15m``, ``6h``, ``7d``, ``2w``."""
 
 from __future__ import annotations
 

@@ -69,6 +69,6 @@ def _log_thread_exception(args: threading.ExceptHookArgs) -> None:
     if args.exc_type is SystemExit:
         return
     name = args.thread.name if args.thread else "?"
-    logging.getLogger("audit_watch").error(
-        "uncaught exception in thread %s", name, exc_info=(args.exc_type, args.exc_value, args.exc_traceback)
-    )
+    error = args.exc_value if args.exc_value is not None else args.exc_type()
+    logging.getLogger("audit_watch").error("uncaught exception in thread %s", name,
+                                           exc_info=(args.exc_type, error, args.exc_traceback))

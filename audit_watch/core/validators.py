@@ -6,9 +6,10 @@ from __future__ import annotations
 from typing import Annotated
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from croniter import croniter
 from pydantic import AfterValidator, ValidationInfo
 from pydantic_core import PydanticCustomError
+
+from audit_watch.core.cron import check_expression
 
 
 def check_timezone(name: str) -> ZoneInfo:
@@ -16,12 +17,6 @@ def check_timezone(name: str) -> ZoneInfo:
         return ZoneInfo(name)
     except (ZoneInfoNotFoundError, ValueError) as exc:
         raise ValueError(f"unknown time zone {name!r} (use an IANA name such as Europe/Berlin)") from exc
-
-
-def check_cron_expression(value: str) -> str:
-    if len(value.split()) != 5 or not croniter.is_valid(value):
-        raise ValueError(f"{value!r} is not a five-field cron expression (e.g. '*/5 * * * *')")
-    return value
 
 
 def _checked_timezone(value: str) -> str:
@@ -43,5 +38,6 @@ def check_channel_names(value: tuple[str, ...], info: ValidationInfo, field_name
 
 
 # Types for schedules and time zones, shared by rules and report definitions.
-CronExpression = Annotated[str, AfterValidator(check_cron_expression)]
+# A schedule is checked by building it as the scheduler will (audit_watch.core.cron).
+CronExpression = Annotated[str, AfterValidator(check_expression)]
 TimeZoneName = Annotated[str, AfterValidator(_checked_timezone)]

@@ -21,9 +21,6 @@ def utc_now() -> datetime:
     return datetime.now(UTC)
 
 
-ELSEWHERE = "elsewhere"   # another replica (or an earlier run) has the tick
-
-
 @dataclass
 class TickContext:
     """What a tick runs with; the daemon builds a new one on every reload."""

@@ -2,8 +2,9 @@
 
 When the pipe from Auxot breaks, every rule that fires on *missing* rows
 (absence, cron_missed, a spike downwards, "fewer than N") would fire at once.
-Instead, the daemon checks the newest row of the configured tables every few
-seconds; once nothing has arrived for ``max_silence`` it raises one alert
+Instead, the daemon checks the newest row of the configured tables every tenth
+of ``max_silence`` (at least a second and at most a minute apart: every minute
+with the default 2h); once nothing has arrived for ``max_silence`` it raises one alert
 ("audit store silent since ...") and holds those rules (they are not evaluated,
 their states stay as they were) until rows arrive again.
 """
@@ -20,9 +21,11 @@ from sqlalchemy import func, select
 from audit_watch.config.model import FreshnessConfig
 from audit_watch.core.durations import format_duration
 from audit_watch.core.errors import short_error
+from audit_watch.core.outcomes import RunStatus
 from audit_watch.daemon import ledger
 from audit_watch.daemon.context import TickContext
 from audit_watch.daemon.self_alerts import BUILTIN_PREFIX, builtin_alert, builtin_rule, has_open_alert, process_builtin
+from audit_watch.rules.kinds import KINDS
 from audit_watch.rules.links import list_link
 from audit_watch.rules.model import RuleBase
 from audit_watch.store.source import AuditSource
@@ -34,15 +37,9 @@ FRESHNESS_RULE = BUILTIN_PREFIX + "audit store silent"
 
 
 def fires_on_silence(rule: RuleBase) -> bool:
-    """Would this rule fire merely because no rows arrive?"""
-    if rule.kind in ("absence", "cron_missed"):
-        return True
-    if rule.kind == "spike":
-        return getattr(rule, "direction", "up") in ("down", "both")
-    if rule.kind in ("threshold", "metric"):
-        comparison = getattr(rule, "threshold", None)
-        return comparison is not None and comparison.holds(0)
-    return False
+    """Would this rule fire merely because no rows arrive? Its kind says."""
+    kind = KINDS.get(rule.kind)     # None for audit-watch's own alerts
+    return kind is not None and kind.fires_on_silence(rule)
 
 
 def newest_row(src: AuditSource, tables: tuple[str, ...]) -> datetime | None:
@@ -153,5 +150,5 @@ def freshness_tick(ctx: TickContext, watch: FreshnessWatch, tick: datetime,
     if not ledger.claim(ctx.state, FRESHNESS_JOB, tick, ctx.replica, ctx.clock()):
         return reading, []
     queued = update_freshness_alert(ctx, reading, tick, rules)
-    ledger.finish(ctx.state, FRESHNESS_JOB, tick, ctx.replica, ledger.OK, ctx.clock())
+    ledger.finish(ctx.state, FRESHNESS_JOB, tick, ctx.replica, RunStatus.OK, ctx.clock())
     return reading, queued

@@ -54,14 +54,10 @@ from sqlalchemy.engine import Connection
 from audit_watch.alerting import outbox as outbox_rows
 from audit_watch.alerting.state import StateError, StateStore, lock_schema, outbox
 from audit_watch.core.errors import short_error
+from audit_watch.core.outcomes import OutboxStatus, RunStatus
 from audit_watch.core.timestamps import UtcDateTime
 
 log = logging.getLogger(__name__)
-
-# Outcomes of a ledger row. ``held``: not evaluated on purpose (the audit store is
-# silent); ``abandoned``: its replica died and the tick was no longer current.
-CLAIMED, OK, ERROR, HELD, ABANDONED = "claimed", "ok", "error", "held", "abandoned"
-FINISHED = (OK, ERROR, HELD, ABANDONED)
 
 ledger_metadata = MetaData()
 
@@ -71,7 +67,7 @@ run_ledger = Table(
     Column("job", Text, primary_key=True),                  # a rule name or "audit-watch:..."
     Column("scheduled_for", UtcDateTime, primary_key=True),  # the tick
     Column("replica", Text, nullable=False),
-    Column("status", String(16), nullable=False),
+    Column("status", String(16), nullable=False),          # a RunStatus
     Column("attempt", Integer, nullable=False, default=1),   # +1 when a survivor takes it over
     Column("claimed_at", UtcDateTime, nullable=False),
     Column("finished_at", UtcDateTime),
@@ -140,13 +136,13 @@ def claim(state: StateStore, job: str, tick: datetime, replica: str, now: dateti
     run of this one) already has it."""
     with state.write() as conn:
         stmt = _insert(conn, run_ledger).values(
-            job=job, scheduled_for=tick, replica=replica, status=CLAIMED, attempt=1, claimed_at=now,
+            job=job, scheduled_for=tick, replica=replica, status=RunStatus.CLAIMED, attempt=1, claimed_at=now,
         ).on_conflict_do_nothing(index_elements=["job", "scheduled_for"])
         # RETURNING says whether the row went in: SQLAlchemy 2.1 reports rowcount -1 for an INSERT.
         return conn.execute(stmt.returning(run_ledger.c.job)).first() is not None
 
 
-def finish(state: StateStore, job: str, tick: datetime, replica: str, status: str, now: datetime, *,
+def finish(state: StateStore, job: str, tick: datetime, replica: str, status: RunStatus, now: datetime, *,
            seconds: float | None = None, alerts: int | None = None, error: str | None = None) -> bool:
     """Record the outcome; False when the claim was taken over meanwhile (we were
     presumed dead), in which case nothing is written."""
@@ -154,13 +150,13 @@ def finish(state: StateStore, job: str, tick: datetime, replica: str, status: st
         return finish_in(conn, job, tick, replica, status, now, seconds=seconds, alerts=alerts, error=error)
 
 
-def finish_in(conn: Connection, job: str, tick: datetime, replica: str, status: str, now: datetime, *,
+def finish_in(conn: Connection, job: str, tick: datetime, replica: str, status: RunStatus, now: datetime, *,
               seconds: float | None = None, alerts: int | None = None, error: str | None = None) -> bool:
     """:func:`finish` inside the caller's transaction (with the writes the outcome stands for)."""
     return conn.execute(
         update(run_ledger)
         .where(run_ledger.c.job == job, run_ledger.c.scheduled_for == tick, run_ledger.c.replica == replica,
-               run_ledger.c.status == CLAIMED)
+               run_ledger.c.status == RunStatus.CLAIMED)
         .values(status=status, finished_at=now, seconds=seconds, alerts=alerts, error=error)
     ).rowcount == 1
 
@@ -186,9 +182,9 @@ def error_streak(state: StateStore, job: str) -> Streak:
     """Consecutive errors since the last ok run (held and abandoned runs do not count)."""
     with state.read() as conn:
         last_ok = conn.execute(
-            select(func.max(run_ledger.c.scheduled_for)).where(run_ledger.c.job == job, run_ledger.c.status == OK)
+            select(func.max(run_ledger.c.scheduled_for)).where(run_ledger.c.job == job, run_ledger.c.status == RunStatus.OK)
         ).scalar()
-        cond = [run_ledger.c.job == job, run_ledger.c.status == ERROR]
+        cond = [run_ledger.c.job == job, run_ledger.c.status == RunStatus.ERROR]
         if last_ok is not None:
             cond.append(run_ledger.c.scheduled_for > last_ok)
         count, since = conn.execute(select(func.count(), func.min(run_ledger.c.scheduled_for)).where(*cond)).one()
@@ -331,17 +327,17 @@ def reap(state: StateStore, dead: str, me: str, now: datetime) -> Reaped | None:
         runs = list(conn.execute(select(delivery_runs.c.at).where(delivery_runs.c.replica == dead)).scalars())
         if runs:
             result.released_outbox = conn.execute(
-                update(outbox).where(outbox.c.status == "sending", outbox.c.last_attempt_at.in_(runs))
+                update(outbox).where(outbox.c.status == OutboxStatus.SENDING, outbox.c.last_attempt_at.in_(runs))
                 .values(claimed_until=now)
             ).rowcount
             conn.execute(delete(delivery_runs).where(delivery_runs.c.replica == dead))
         open_rows = conn.execute(
             select(run_ledger.c.job, run_ledger.c.scheduled_for)
-            .where(run_ledger.c.replica == dead, run_ledger.c.status == CLAIMED)
+            .where(run_ledger.c.replica == dead, run_ledger.c.status == RunStatus.CLAIMED)
         ).all()
         if open_rows:
             conn.execute(
-                update(run_ledger).where(run_ledger.c.replica == dead, run_ledger.c.status == CLAIMED)
+                update(run_ledger).where(run_ledger.c.replica == dead, run_ledger.c.status == RunStatus.CLAIMED)
                 .values(replica=me, attempt=run_ledger.c.attempt + 1, claimed_at=now)
             )
         result.orphans = [(row.job, row.scheduled_for) for row in open_rows]
@@ -402,7 +398,7 @@ def prune(state: StateStore, now: datetime, keep: timedelta) -> int:
     cut = now - keep
     with state.write() as conn:
         removed = conn.execute(
-            delete(run_ledger).where(run_ledger.c.scheduled_for < cut, run_ledger.c.status != CLAIMED)
+            delete(run_ledger).where(run_ledger.c.scheduled_for < cut, run_ledger.c.status != RunStatus.CLAIMED)
         ).rowcount
         conn.execute(delete(replicas).where(
             replicas.c.last_seen_at < cut, or_(replicas.c.stopped_at.is_not(None), replicas.c.reaped_at.is_not(None))

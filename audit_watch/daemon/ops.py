@@ -32,15 +32,15 @@ from prometheus_client.registry import Collector
 from sqlalchemy import func, select
 
 from audit_watch import __version__
-from audit_watch.alerting.outbox import STATUSES
 from audit_watch.alerting.pipeline import DeliverySummary
 from audit_watch.alerting.state import StateStore, alert_states, outbox
 from audit_watch.channels import make_channel
 from audit_watch.channels.base import Notification
 from audit_watch.config.model import Config, HeartbeatConfig
 from audit_watch.core.errors import short_error
+from audit_watch.core.outcomes import HeartbeatResult, OutboxStatus, RunOutcome, RunStatus, TickResult
 from audit_watch.daemon import ledger
-from audit_watch.daemon.context import ELSEWHERE, TickContext
+from audit_watch.daemon.context import TickContext
 from audit_watch.daemon.schedules import latest_tick, tick_gap
 from audit_watch.daemon.tick import TickOutcome
 
@@ -73,10 +73,12 @@ class Metrics:
                                         ["rule"], registry=registry)
         self.ticks = Counter("audit_watch_ticks", "Scheduled runs by outcome: evaluated, elsewhere (another replica "
                              "had it), held, late (started after a newer tick was due: evaluated that one), busy "
-                             "(skipped: the previous run still going), failed (state database).",
+                             "(skipped: the previous run still going), missed (skipped: past its misfire grace "
+                             "time), failed (state database).",
                              ["outcome"], registry=registry)
         self.report_runs = Counter("audit_watch_report_runs", "Scheduled report runs by result: ok (queued to its "
-                                   "channels), error, elsewhere (another replica had it), failed (state database).",
+                                   "channels), error, elsewhere (another replica had it), late (past its catch_up: not "
+                                   "sent), stopped (the daemon stopped between attempts), failed (state database).",
                                    ["report", "result"], registry=registry)
         self.queued = Counter("audit_watch_notifications_queued", "Notifications written to the outbox.",
                               registry=registry)
@@ -97,10 +99,10 @@ class Metrics:
                               registry=registry)
 
     def record_tick(self, outcome: TickOutcome, kind: str) -> None:
-        if outcome.status == ELSEWHERE:
-            self.ticks.labels("elsewhere").inc()
+        if outcome.status == RunOutcome.ELSEWHERE:
+            self.ticks.labels(TickResult.ELSEWHERE).inc()
             return
-        self.ticks.labels("held" if outcome.status == ledger.HELD else "evaluated").inc()
+        self.ticks.labels(TickResult.HELD if outcome.status == RunOutcome.HELD else TickResult.EVALUATED).inc()
         self.evaluations.labels(outcome.rule, outcome.status).inc()
         if outcome.evaluation is not None:
             self.duration.labels(kind).observe(outcome.evaluation.seconds)
@@ -142,8 +144,10 @@ class StateCollector(Collector):
         up = GaugeMetricFamily("audit_watch_state_up", "1 when the state database answered the last scrape.")
         try:
             with self.state().read() as conn:
-                alerts = dict(conn.execute(select(alert_states.c.state, func.count()).group_by(alert_states.c.state)).all())
-                queued = dict(conn.execute(select(outbox.c.status, func.count()).group_by(outbox.c.status)).all())
+                by_state = select(alert_states.c.state, func.count()).group_by(alert_states.c.state)
+                alerts: dict[str, int] = {state: count for state, count in conn.execute(by_state)}
+                by_status = select(outbox.c.status, func.count()).group_by(outbox.c.status)
+                queued: dict[str, int] = {status: count for status, count in conn.execute(by_status)}
         except Exception as exc:  # noqa: BLE001 - a scrape must answer even with the database gone
             log.warning("metrics: state database unavailable: %s", short_error(exc))
             up.add_metric([], 0)
@@ -157,7 +161,7 @@ class StateCollector(Collector):
         yield family
         family = GaugeMetricFamily("audit_watch_outbox_notifications", "Outbox rows by status (queued and "
                                    "retrying are the depth).", labels=["status"])
-        for name in STATUSES:
+        for name in OutboxStatus:
             family.add_metric([name], queued.get(name, 0))
         yield family
 
@@ -254,7 +258,7 @@ class OpsServer:
     @property
     def address(self) -> str:
         host, port = self.server.server_address[:2]
-        return f"{host}:{port}"
+        return f"{host!s}:{port}"
 
     def start(self) -> OpsServer:
         self.thread.start()
@@ -303,20 +307,19 @@ HEARTBEAT_JOB = "audit-watch:heartbeat"
 
 
 def heartbeat_tick(ctx: TickContext, heartbeat: HeartbeatConfig, health: Health, tick: datetime,
-                   summary: str) -> str:
+                   summary: str) -> HeartbeatResult:
     """One replica per tick signals, and only while healthy: a dead-man's switch must
-    not say "fine" for a daemon whose rules are late. Returns sent, withheld,
-    elsewhere or error."""
+    not say "fine" for a daemon whose rules are late."""
     ok, detail = health.status()
     if not ok:
         log.warning("heartbeat withheld: %d rules late, scheduler running: %s", detail["late_count"],
                     detail["scheduler_running"])
-        return "withheld"
+        return HeartbeatResult.WITHHELD
     if not ledger.claim(ctx.state, HEARTBEAT_JOB, tick, ctx.replica, ctx.clock()):
-        return "elsewhere"
+        return HeartbeatResult.ELSEWHERE
     error = send_heartbeat(ctx.config, heartbeat, ctx.replica, ctx.clock(), summary)
-    ledger.finish(ctx.state, HEARTBEAT_JOB, tick, ctx.replica, ledger.ERROR if error else ledger.OK, ctx.clock(),
+    ledger.finish(ctx.state, HEARTBEAT_JOB, tick, ctx.replica, RunStatus.ERROR if error else RunStatus.OK, ctx.clock(),
                   error=error)
     if error:
         log.warning("heartbeat failed: %s", error)
-    return "error" if error else "sent"
+    return HeartbeatResult.ERROR if error else HeartbeatResult.SENT

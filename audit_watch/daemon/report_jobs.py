@@ -26,11 +26,12 @@ from zoneinfo import ZoneInfo
 
 from sqlalchemy.exc import SQLAlchemyError
 
-from audit_watch.alerting.pipeline import alerts_table
 from audit_watch.alerting.state import StateStore
+from audit_watch.alerting.views import alerts_table
 from audit_watch.core.errors import short_error
+from audit_watch.core.outcomes import RunOutcome, RunStatus
 from audit_watch.daemon import ledger
-from audit_watch.daemon.context import ELSEWHERE, TickContext
+from audit_watch.daemon.context import TickContext
 from audit_watch.daemon.schedules import CronScheduleTrigger
 from audit_watch.reports import build_report, period_for
 from audit_watch.reports.delivery import enqueue_report, report_payloads
@@ -40,7 +41,7 @@ from audit_watch.reports.model import ReportDefinitionBase
 log = logging.getLogger(__name__)
 
 RETRY_WAITS = (15.0, 60.0)    # seconds between the attempts of a run the audit store failed
-ON_TIME = timedelta(minutes=10)   # a run this late (scheduler jitter, a busy pool) is not "late"
+ON_TIME = timedelta(minutes=10)   # a run this late (scheduler jitter, a busy pool) is not LATE
 
 
 def report_trigger(definition: ReportDefinitionBase, default_timezone: str) -> CronScheduleTrigger:
@@ -77,7 +78,7 @@ def _sleep(seconds: float) -> bool:
 class ReportOutcome:
     name: str
     tick: datetime
-    status: str              # ok | error | elsewhere | late (past catch_up: not sent) | stopped (left claimed)
+    status: RunOutcome       # ok | error | elsewhere | late | stopped
     queued: list[int] = field(default_factory=list)   # outbox ids
     error: str | None = None
     attempts: int = 0
@@ -100,9 +101,9 @@ def run_report_tick(ctx: TickContext, definition: ReportDefinitionBase, tick: da
     if ctx.clock() - tick > allowed_lateness(definition):
         log.warning("report %s at %s skipped: more than catch_up (%s) late", name, tick.isoformat(),
                     definition.catch_up, extra={"report": name})
-        return ReportOutcome(name, tick, "late")
+        return ReportOutcome(name, tick, RunOutcome.LATE)
     if not claimed and not ledger.claim(ctx.state, job, tick, ctx.replica, ctx.clock()):
-        return ReportOutcome(name, tick, ELSEWHERE)
+        return ReportOutcome(name, tick, RunOutcome.ELSEWHERE)
     started = time.monotonic()
     attempts = len(retry_waits) + 1
     for attempt in range(1, attempts + 1):
@@ -116,7 +117,7 @@ def run_report_tick(ctx: TickContext, definition: ReportDefinitionBase, tick: da
                         attempt, attempts, error, extra={"report": name})
             if stopped(retry_waits[attempt - 1]):
                 log.warning("report %s at %s: stopping; the run is left to be taken over", name, tick.isoformat())
-                return ReportOutcome(name, tick, "stopped", error=error, attempts=attempt)
+                return ReportOutcome(name, tick, RunOutcome.STOPPED, error=error, attempts=attempt)
             continue
         except Exception as exc:  # noqa: BLE001 - the same input fails the same way: recorded, not retried
             error = short_error(exc)
@@ -124,20 +125,20 @@ def run_report_tick(ctx: TickContext, definition: ReportDefinitionBase, tick: da
         try:
             with ctx.state.write() as conn:
                 queued = enqueue_report(conn, name, payloads, ctx.clock(), ctx.policy)
-                if not ledger.finish_in(conn, job, tick, ctx.replica, ledger.OK, ctx.clock(),
+                if not ledger.finish_in(conn, job, tick, ctx.replica, RunStatus.OK, ctx.clock(),
                                         seconds=time.monotonic() - started, alerts=len(queued)):
                     raise _TakenOver()   # rolls the queueing back: the other replica sends it
         except _TakenOver:
             log.warning("report %s at %s: another replica took this run over; not queued here", name,
                         tick.isoformat())
-            return ReportOutcome(name, tick, ELSEWHERE, attempts=attempt)
+            return ReportOutcome(name, tick, RunOutcome.ELSEWHERE, attempts=attempt)
         log.info("report %s at %s queued to %s", name, tick.isoformat(), ", ".join(definition.channels),
                  extra={"report": name})
-        return ReportOutcome(name, tick, ledger.OK, queued, attempts=attempt)
-    ledger.finish(ctx.state, job, tick, ctx.replica, ledger.ERROR, ctx.clock(),
+        return ReportOutcome(name, tick, RunOutcome.OK, queued, attempts=attempt)
+    ledger.finish(ctx.state, job, tick, ctx.replica, RunStatus.ERROR, ctx.clock(),
                   seconds=time.monotonic() - started, error=error)
     log.error("report %s at %s not sent: %s", name, tick.isoformat(), error, extra={"report": name})
-    return ReportOutcome(name, tick, ledger.ERROR, error=error, attempts=attempt)
+    return ReportOutcome(name, tick, RunOutcome.ERROR, error=error, attempts=attempt)
 
 
 def _render(ctx: TickContext, definition: ReportDefinitionBase, tick: datetime) -> list[tuple[str, dict[str, Any]]]:

@@ -5,7 +5,7 @@ that finds any problem keeps the previous one."""
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -17,15 +17,16 @@ from audit_watch.alerting.outbox import DeliveryPolicy
 from audit_watch.alerting.state import StateStore
 from audit_watch.channels.render import Renderer
 from audit_watch.config.model import Config, read_config
+from audit_watch.core.cron import CronError
 from audit_watch.core.definition_files import yaml_files
 from audit_watch.core.errors import short_error
 from audit_watch.core.yaml_source import Problem
 from audit_watch.daemon.context import TickContext
 from audit_watch.daemon.report_jobs import allowed_lateness, report_trigger, scheduled_reports
 from audit_watch.daemon.schedules import CronScheduleTrigger, latest_tick, rule_trigger
-from audit_watch.reports.loader import report_definitions
+from audit_watch.reports.loader import LoadedReport, report_definitions
 from audit_watch.reports.model import ReportDefinitionBase
-from audit_watch.rules.loader import load_rules, rule_files
+from audit_watch.rules.loader import LoadedRule, load_rules, rule_files
 from audit_watch.rules.model import RuleBase
 from audit_watch.store.source import AuditSource
 
@@ -89,13 +90,15 @@ def load_runtime(config_path: str | None, source_url: str | None, state: StateSt
         return None, problems
     rule_set = load_rules(config.rule_paths, {"channels": config.channels})
     definitions, report_problems = report_definitions(config.report_paths, config.channels)
-    problems = [*rule_set.problems, *report_problems]
+    enabled = [item for item in rule_set.rules if item.rule.enabled]
+    scheduled = scheduled_reports([item.definition for item in definitions])
+    triggers, report_triggers, trigger_problems = build_triggers(
+        enabled, [item for item in definitions if item.definition.name in scheduled], config.timezone)
+    problems = [*rule_set.problems, *report_problems, *trigger_problems]
     if problems and previous is not None:
         return None, problems
-    rules = {item.rule.name: item.rule for item in rule_set.rules if item.rule.enabled}
-    triggers = {name: rule_trigger(rule, config.timezone) for name, rule in rules.items()}
-    reports = scheduled_reports([item.definition for item in definitions])
-    report_triggers = {name: report_trigger(d, config.timezone) for name, d in reports.items()}
+    rules = {item.rule.name: item.rule for item in enabled if item.rule.name in triggers}
+    reports = {name: d for name, d in scheduled.items() if name in report_triggers}
     if previous is not None and previous.config.source == config.source:
         src = previous.ctx.src
     else:
@@ -104,6 +107,38 @@ def load_runtime(config_path: str | None, source_url: str | None, state: StateSt
     ctx = TickContext(config, src, state, Renderer(config.template_paths, config.timezone), replica, clock,
                       policy=DeliveryPolicy.from_config(config.delivery), hold=hold)
     return Runtime(config, rules, triggers, ctx, reports, report_triggers), problems
+
+
+def build_triggers(rules: Iterable[LoadedRule], reports: Iterable[LoadedReport], default_timezone: str
+                   ) -> tuple[dict[str, BaseTrigger], dict[str, CronScheduleTrigger], list[Problem]]:
+    """The scheduler's triggers for ``rules`` and ``reports`` (those with a schedule).
+
+    ``check`` builds them too, so what it accepts is what the daemon schedules. The
+    schedule's own validation (:mod:`audit_watch.core.cron`) has already refused what
+    cannot be scheduled; anything that still fails here is a problem at the rule's or
+    report's file and line, not an exception that stops a start or a reload.
+    """
+    triggers: dict[str, BaseTrigger] = {}
+    report_triggers: dict[str, CronScheduleTrigger] = {}
+    problems: list[Problem] = []
+    for item in rules:
+        key = "schedule" if item.rule.schedule else "every"
+        try:
+            triggers[item.rule.name] = rule_trigger(item.rule, default_timezone)
+        except Exception as exc:  # noqa: BLE001 - one rule that cannot be scheduled is one problem
+            problems.append(Problem(item.file, item.line, key, f"cannot be scheduled: {_reason(exc)}"))
+    for report in reports:
+        if not report.definition.schedule:
+            continue
+        try:
+            report_triggers[report.definition.name] = report_trigger(report.definition, default_timezone)
+        except Exception as exc:  # noqa: BLE001 - likewise for a report
+            problems.append(Problem(report.file, report.line, "schedule", f"cannot be scheduled: {_reason(exc)}"))
+    return triggers, report_triggers, problems
+
+
+def _reason(exc: Exception) -> str:
+    return str(exc) if isinstance(exc, CronError) else short_error(exc)
 
 
 def watch_snapshot(config: Config) -> tuple[tuple[str, int, int], ...]:

@@ -1,9 +1,10 @@
 """When things run: the ticks of rules, reports and built-in jobs.
 
 Every replica must compute the same ticks, so an ``every`` interval counts from a
-fixed anchor, and a ``schedule`` is standard cron read by cronsim (APScheduler 3's
-``from_crontab`` takes 0 as Monday). :class:`TickPoolExecutor` tells each run the
-tick it was due for, so that a run that starts late still evaluates its own tick.
+fixed anchor, and a ``schedule`` is standard cron read by :mod:`audit_watch.core.cron`
+(not APScheduler 3's ``from_crontab``, which takes 0 as Monday). :class:`TickPoolExecutor`
+tells each run the tick it was due for, so that a run that starts late still evaluates
+its own tick.
 """
 
 from __future__ import annotations
@@ -17,40 +18,38 @@ from apscheduler.executors.base import run_job
 from apscheduler.executors.pool import ThreadPoolExecutor
 from apscheduler.triggers.base import BaseTrigger
 from apscheduler.triggers.interval import IntervalTrigger
-from cronsim import CronSim
 
+from audit_watch.core.cron import CronSchedule
 from audit_watch.rules.model import RuleBase
 
 # Ticks of an `every` count from here (a Monday, 00:00 UTC): the same on every replica,
 # and on the hour/day/week for intervals that divide those.
 ANCHOR = datetime(2001, 1, 1, tzinfo=UTC)
-_SECOND = timedelta(seconds=1)
 
 
 class CronScheduleTrigger(BaseTrigger):
-    """A five-field cron expression in a time zone, read as cron reads it (cronsim:
-    Sunday is 0, day-of-month OR day-of-week, DST like Debian cron)."""
+    """A rule's or a report's ``schedule``: a :class:`~audit_watch.core.cron.CronSchedule`
+    (what ``check`` builds too) as an APScheduler trigger."""
 
     def __init__(self, expr: str, zone: ZoneInfo) -> None:
-        self.expr, self.zone = expr, zone
-        next(iter(CronSim(expr, datetime.now(zone))))  # fail now on a bad expression
+        self.schedule = CronSchedule(expr, zone)     # CronError (a ValueError) on a bad expression
 
     def get_next_fire_time(self, previous_fire_time: datetime | None, now: datetime) -> datetime | None:
         if previous_fire_time is not None:
-            start = previous_fire_time                  # strictly after the previous one
-        else:
-            start = now - _SECOND if now.microsecond == 0 else now  # at or after now
-        return next(iter(CronSim(self.expr, start.astimezone(self.zone))), None)
+            return self.schedule.next_after(previous_fire_time)
+        return self.schedule.next_at_or_after(now)
 
     def latest(self, now: datetime) -> datetime:
-        start = now.replace(microsecond=0) + _SECOND
-        return next(iter(CronSim(self.expr, start.astimezone(self.zone), reverse=True))).astimezone(UTC)
+        tick = self.schedule.latest(now)
+        if tick is None:    # not for an expression CronSchedule accepts (it checks for a run behind)
+            raise ValueError(f"{self}: no run in the 50 years before {now.isoformat()}")
+        return tick
 
     def __str__(self) -> str:
-        return f"cron[{self.expr}, {self.zone.key}]"
+        return f"cron[{self.schedule.expr}, {self.schedule.zone.key}]"
 
     def __repr__(self) -> str:
-        return f"<CronScheduleTrigger {self.expr!r} {self.zone.key}>"
+        return f"<CronScheduleTrigger {self.schedule.expr!r} {self.schedule.zone.key}>"
 
 
 _scheduled = threading.local()

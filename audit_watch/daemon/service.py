@@ -11,8 +11,9 @@ state share the work.
 Signal handlers only set events; reloading and stopping happen in the main loop.
 A reload that finds a problem in the config or in any rule or report file is
 refused as a whole (every problem logged as ``file:line: field: message``) and the running
-configuration stays. SIGTERM stops the scheduling, waits up to 8 s for the runs
-in flight, and exits 0.
+configuration stays; so does one that fails in any other way (logged with its traceback):
+the daemon never stops because of a reload. SIGTERM stops the scheduling, waits up to 8 s
+for the runs in flight, and exits 0.
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ from audit_watch.alerting.state import StateStore
 from audit_watch.config.model import read_config
 from audit_watch.core.errors import short_error
 from audit_watch.core.logs import configure_logging
+from audit_watch.core.outcomes import HeartbeatResult, TickResult
 from audit_watch.daemon import ledger
 from audit_watch.daemon.context import REPLICA_HEARTBEAT, utc_now
 from audit_watch.daemon.freshness import FreshnessWatch, check_every, freshness_tick
@@ -242,11 +244,11 @@ class Daemon:
             due = tick or scheduled_time() or latest_tick(trigger, self.clock())
             tick = due if claimed else max(due, latest_tick(trigger, self.clock()))
             if tick > due:                     # started after a newer tick was due: evaluate that one
-                self.metrics.ticks.labels("late").inc()
+                self.metrics.ticks.labels(TickResult.LATE).inc()
             try:
                 outcome = run_rule_tick(runtime.ctx, rule, tick, claimed=claimed)
             except Exception as exc:  # noqa: BLE001 - the state database: retried next tick
-                self.metrics.ticks.labels("failed").inc()
+                self.metrics.ticks.labels(TickResult.FAILED).inc()
                 if time.monotonic() - self._last_state_error > STATE_ERROR_LOG_EVERY:
                     self._last_state_error = time.monotonic()
                     log.error("rule ticks cannot be recorded (state database): %s; e.g. %s at %s", short_error(exc),
@@ -271,7 +273,7 @@ class Daemon:
                 # Left claimed: after a restart a survivor (or this replica) takes it over within catch_up.
                 log.error("report %s at %s cannot be recorded (state database): %s", name, tick.isoformat(),
                           short_error(exc), extra={"report": name})
-                self.metrics.report_runs.labels(name, "failed").inc()
+                self.metrics.report_runs.labels(name, TickResult.FAILED).inc()
                 return
             self.metrics.report_runs.labels(name, outcome.status).inc()
             if outcome.queued:
@@ -345,8 +347,8 @@ class Daemon:
                                     scheduled_time() or self.clock(), f"{len(runtime.rules)} rules")
         except Exception as exc:  # noqa: BLE001 - no heartbeat is the signal
             log.warning("heartbeat failed: %s", short_error(exc))
-            result = "error"
-        if result != "elsewhere":
+            result = HeartbeatResult.ERROR
+        if result != HeartbeatResult.ELSEWHERE:
             self.metrics.heartbeats.labels(result).inc()
 
     def _maintenance_job(self) -> None:
@@ -358,10 +360,10 @@ class Daemon:
     def _on_skipped(self, event: JobExecutionEvent | JobSubmissionEvent) -> None:
         # On the scheduler's thread: keep it short.
         if event.code == EVENT_JOB_MAX_INSTANCES:
-            self.metrics.ticks.labels("busy").inc()
+            self.metrics.ticks.labels(TickResult.BUSY).inc()
             log.warning("%s: a tick was skipped, the previous run is still going", event.job_id)
         else:
-            self.metrics.ticks.labels("missed").inc()
+            self.metrics.ticks.labels(TickResult.MISSED).inc()
 
     # --- main loop, reload, stop ------------------------------------------------------------
 
@@ -389,27 +391,87 @@ class Daemon:
             self._pending = snapshot
 
     def reload(self, reason: str) -> bool:
+        """Load the configuration anew and switch to it. Any problem, and any error,
+        refuses the reload: the daemon keeps running the last good configuration and
+        never stops because of a reload."""
         old, state = self.runtime, self.state
         assert old is not None and state is not None and self.scheduler is not None
         log.info("reloading (%s)", reason)
-        new, problems = load_runtime(self.config_path, self.source_url, state, self.replica, self.clock,
-                                     self.freshness.hold if self.freshness else None, previous=old)
+        try:
+            new, problems = load_runtime(self.config_path, self.source_url, state, self.replica, self.clock,
+                                         self.freshness.hold if self.freshness else None, previous=old)
+        except Exception:  # whatever it is, the running configuration stays
+            log.exception("reload refused: loading the configuration failed")
+            return self._refused(old, 1)
         if new is None:
             for problem in problems:
                 log.error("reload refused: %s", problem)
-            log.error("reload refused (%d problem(s)): still running the previous configuration and %d rules",
-                      len(problems), len(old.rules))
-            self.metrics.reloads.labels("refused").inc()
-            self.metrics.reload_ok.set(0)
-            return False
-        for key in new.needs_restart(old):
-            log.warning("%s changed: takes effect at the next restart", key)
+            return self._refused(old, len(problems))
+        try:
+            removed, added, new_reports = self._switch(old, new)
+        except Exception:  # back to the previous schedule
+            log.exception("reload refused: scheduling the new configuration failed")
+            self._restore(old)
+            if new.ctx.src is not old.ctx.src:
+                new.ctx.src.engine.dispose()
+            return self._refused(old, 1)
+        try:
+            self._settle(old, new, removed, added, new_reports)
+        except Exception:  # the new configuration runs: only its follow-up failed
+            log.exception("reload applied, but what follows it failed")
+        return True
+
+    def _refused(self, old: Runtime, count: int) -> bool:
+        log.error("reload refused (%d problem(s)): still running the previous configuration and %d rules",
+                  count, len(old.rules))
+        self.metrics.reloads.labels("refused").inc()
+        self.metrics.reload_ok.set(0)
+        return False
+
+    def _switch(self, old: Runtime, new: Runtime) -> tuple[list[str], list[str], list[str]]:
+        """Run ``new`` and reschedule what changed; returns (removed rules, added rules,
+        added reports). What this does, :meth:`_restore` can undo."""
+        assert self.scheduler is not None
+        removed, added, changed = schedule_changes(old.rule_schedules(), new.rule_schedules())
+        gone_reports, new_reports, moved_reports = schedule_changes(old.report_schedules(), new.report_schedules())
         self.runtime = new
         if self.freshness is not None:
             self.freshness.config = new.config.daemon.freshness
-        removed, added, changed = schedule_changes(old.rule_schedules(), new.rule_schedules())
-        for name in removed:
-            self.scheduler.remove_job(f"rule:{name}")
+        for name in added + changed:
+            self._schedule_rule(new, name)
+        for name in new_reports + moved_reports:
+            self._schedule_report(new, name)
+        for job_id in [f"rule:{name}" for name in removed] + [ledger.report_job(name) for name in gone_reports]:
+            if self.scheduler.get_job(job_id) is not None:
+                self.scheduler.remove_job(job_id)
+        self._schedule_builtins(new)
+        return removed, added, new_reports
+
+    def _restore(self, runtime: Runtime) -> None:
+        """Back to ``runtime`` after a reload failed half-way through :meth:`_switch`."""
+        assert self.scheduler is not None
+        self.runtime = runtime
+        if self.freshness is not None:
+            self.freshness.config = runtime.config.daemon.freshness
+        try:
+            wanted = {f"rule:{name}" for name in runtime.rules} | {ledger.report_job(n) for n in runtime.reports}
+            for job in self.scheduler.get_jobs():
+                if job.id.startswith(("rule:", ledger.report_job(""))) and job.id not in wanted:
+                    job.remove()
+            for name in runtime.rules:
+                self._schedule_rule(runtime, name)
+            for name in runtime.reports:
+                self._schedule_report(runtime, name)
+            self._schedule_builtins(runtime)
+        except Exception:  # keep running what is scheduled
+            log.exception("could not put the previous schedule back in full: some rules or reports may not run "
+                          "until the next reload or restart")
+
+    def _settle(self, old: Runtime, new: Runtime, removed: list[str], added: list[str],
+                new_reports: list[str]) -> None:
+        """After a reload is applied: resolve removed rules' alerts, catch up, count and say so."""
+        for key in new.needs_restart(old):
+            log.warning("%s changed: takes effect at the next restart", key)
         if removed:
             try:
                 queued = retire_rules(old.ctx, [old.rules[name] for name in removed], self.clock())
@@ -418,14 +480,6 @@ class Daemon:
             else:
                 if queued:
                     self._delivery_due.set()
-        for name in added + changed:
-            self._schedule_rule(new, name)
-        gone_reports, new_reports, moved_reports = schedule_changes(old.report_schedules(), new.report_schedules())
-        for name in gone_reports:
-            self.scheduler.remove_job(ledger.report_job(name))
-        for name in new_reports + moved_reports:
-            self._schedule_report(new, name)
-        self._schedule_builtins(new)
         self._catch_up(new, added, new_reports)
         self.health.set_rules(new.triggers)
         self.metrics.rules.set(len(new.rules))
@@ -440,7 +494,6 @@ class Daemon:
         log.info("reloaded: %d rules (%d added, %d removed, %d changed); unchanged rules keep their state",
                  len(new.rules), len(added), len(removed), edited)
         self._snapshot = watch_snapshot(new.config)
-        return True
 
     def shutdown(self) -> bool:
         """Finish what runs (up to SHUTDOWN_TIMEOUT); True when everything finished."""

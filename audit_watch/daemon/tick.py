@@ -1,12 +1,11 @@
-"""One pass of the pipeline, and one tick of one rule.
+"""One tick of one rule, the retirement of rules no longer loaded, and delivery passes.
 
-``run_pass`` (evaluate rules at ``now``, update state, deliver) serves the demo.
-The daemon and ``run --once`` go through :func:`run_rule_tick`: claim the
+The daemon, ``run --once`` and the demo go through :func:`run_rule_tick`: claim the
 (rule, tick) in the run ledger, evaluate at the tick, record the state change and
 its notifications, record the outcome, raise or resolve audit-watch's own
 "rule failing" alert. Delivery passes register themselves (:func:`deliver`) so
-that a survivor can release what a dead replica was sending, and a survivor
-settles a dead replica's unfinished ticks (:func:`settle_orphans`).
+that a survivor can release what a dead replica was sending (a survivor settles
+a dead replica's unfinished ticks in ``takeover``).
 """
 
 from __future__ import annotations
@@ -18,12 +17,12 @@ from datetime import datetime, timedelta
 
 from apscheduler.triggers.base import BaseTrigger
 
-from audit_watch.alerting.pipeline import DeliverySummary, ProcessSummary, deliver_due, process
+from audit_watch.alerting.pipeline import DeliverySummary, deliver_due, process
 from audit_watch.alerting.state import StateStore, all_states
-from audit_watch.config.model import Config
 from audit_watch.core.errors import short_error
+from audit_watch.core.outcomes import RunOutcome, RunStatus
 from audit_watch.daemon import ledger
-from audit_watch.daemon.context import ELSEWHERE, TickContext
+from audit_watch.daemon.context import TickContext
 from audit_watch.daemon.schedules import latest_tick
 from audit_watch.daemon.self_alerts import (
     BUILTIN_PREFIX,
@@ -32,53 +31,20 @@ from audit_watch.daemon.self_alerts import (
     failing_rule_of,
     update_failing_alert,
 )
-from audit_watch.rules.evaluate import Evaluation, evaluate_rule, evaluate_rules
-from audit_watch.rules.loader import RuleSet, load_rules
+from audit_watch.rules.evaluate import Evaluation, evaluate_rule
 from audit_watch.rules.model import RuleBase
-from audit_watch.store.source import AuditSource
 
 log = logging.getLogger(__name__)
 
-
-@dataclass
-class PassResult:
-    evaluations: list[Evaluation]
-    processed: ProcessSummary
-    delivered: DeliverySummary
-
-    @property
-    def failed_rules(self) -> list[str]:
-        return [e.rule.name for e in self.evaluations if not e.ok]
-
-
-def load_rule_set(config: Config) -> RuleSet:
-    """The config's rules; problems are logged, the good rules still run."""
-    rule_set = load_rules(config.rule_paths, {"channels": config.channels})
-    for problem in rule_set.problems:
-        log.error("rule skipped: %s", problem)
-    return rule_set
-
-
-def run_pass(
-    config: Config, rules: Iterable[RuleBase], src: AuditSource, state: StateStore, now: datetime
-) -> PassResult:
-    """Evaluate ``rules`` at ``now``, record the state changes with their
-    notifications (one transaction), then deliver what is due."""
-    evaluations = evaluate_rules([r for r in rules if r.enabled], src, now, config.links)
-    processed = process(evaluations, config, state, now)
-    delivered = deliver_due(config, state, now)
-    return PassResult(evaluations, processed, delivered)
-
-
-# --- one tick -----------------------------------------------------------------------------
-
 RETIRE_IDLE = timedelta(minutes=15)   # an unknown rule's alert not evaluated this long is resolved
 STILL_FAILING_EVERY = 60     # a failing rule's error is logged at its 1st, 60th, 120th ... tick in a row
+
+
 @dataclass
 class TickOutcome:
     rule: str
     tick: datetime
-    status: str                                   # ok | error | held | elsewhere
+    status: RunOutcome                            # ok | error | held | elsewhere
     evaluation: Evaluation | None = None
     error: str | None = None
     queued: list[int] = field(default_factory=list)   # outbox ids
@@ -94,11 +60,11 @@ def run_rule_tick(ctx: TickContext, rule: RuleBase, tick: datetime, *, claimed: 
     are raised (nothing can be recorded then).
     """
     if not claimed and not ledger.claim(ctx.state, rule.name, tick, ctx.replica, ctx.clock()):
-        return TickOutcome(rule.name, tick, ELSEWHERE)
+        return TickOutcome(rule.name, tick, RunOutcome.ELSEWHERE)
     if ctx.hold is not None and ctx.hold(rule):
-        kept = ledger.finish(ctx.state, rule.name, tick, ctx.replica, ledger.HELD, ctx.clock(),
+        kept = ledger.finish(ctx.state, rule.name, tick, ctx.replica, RunStatus.HELD, ctx.clock(),
                              error="held: the audit store has no new rows")
-        return TickOutcome(rule.name, tick, ledger.HELD, kept=kept)
+        return TickOutcome(rule.name, tick, RunOutcome.HELD, kept=kept)
     evaluation = evaluate_rule(rule, ctx.src, tick, ctx.config.links)
     error, queued = evaluation.error, []
     if evaluation.ok:
@@ -109,7 +75,7 @@ def run_rule_tick(ctx: TickContext, rule: RuleBase, tick: datetime, *, claimed: 
         except Exception as exc:
             log.exception("rule %s at %s: recording the result failed", rule.name, tick.isoformat())
             error = f"recording the result failed: {short_error(exc)}"
-    status = ledger.OK if error is None else ledger.ERROR
+    status = RunStatus.OK if error is None else RunStatus.ERROR
     kept = ledger.finish(ctx.state, rule.name, tick, ctx.replica, status, ctx.clock(), seconds=evaluation.seconds,
                          alerts=len(evaluation.alerts), error=error)
     if not kept:
@@ -120,7 +86,7 @@ def run_rule_tick(ctx: TickContext, rule: RuleBase, tick: datetime, *, claimed: 
         # every second must not flood the log (the ledger and /metrics keep every one).
         log.warning("rule %s failed at %s%s: %s", rule.name, tick.isoformat(),
                     f" ({errors} errors in a row)" if errors > 1 else "", error, extra={"rule": rule.name})
-    return TickOutcome(rule.name, tick, status, evaluation, error, queued + more, kept, errors)
+    return TickOutcome(rule.name, tick, RunOutcome(status), evaluation, error, queued + more, kept, errors)
 
 
 

@@ -2,9 +2,14 @@
 
 Seeds ``demo/audit.db`` when absent (30 days of activity with planted
 incidents), writes ``demo/audit-watch.yaml`` so every other command can be tried
-on the same data, evaluates every bundled rule at the data's "now" through the
-same pass the daemon runs (state, outbox, file channel into ``demo/outbox/``)
-and shows what fired, with links.
+on the same data, then runs the pass of ``run --once`` at the data's "now" on an
+empty state: the freshness check, then each bundled rule's tick claimed in the
+run ledger and evaluated (held, were the store silent; counted towards its "rule
+failing" alert, were it to fail), alert states, the outbox, and delivery to the
+file channel in ``demo/outbox/``. The
+scheduled reports are not queued: every report is rendered into
+``demo/outbox/reports/`` instead. It shows what fired, with links; run again,
+it shows the same.
 """
 
 from __future__ import annotations
@@ -12,14 +17,13 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 from audit_watch.config.model import Config, load_config
 from audit_watch.core.paths import REPO_ROOT
+from audit_watch.daemon.once import OncePass, once_pass, once_runtime
 from audit_watch.store.source import AuditSource
-from audit_watch.alerting.state import StateStore
-from audit_watch.daemon.tick import PassResult, load_rule_set, run_pass
 
 DEMO_CONFIG = """\
 # Written by `audit-watch demo`. Try: audit-watch --config {folder}/audit-watch.yaml check
@@ -58,7 +62,7 @@ def ensure_demo_store(folder: Path, scale: float, fresh: bool,
     if end is None:
         if db.exists():
             db.unlink()
-        end = datetime.now(timezone.utc).replace(minute=0, second=0, microsecond=0)
+        end = datetime.now(UTC).replace(minute=0, second=0, microsecond=0)
         say(f"Seeding {db} (30 days, scale {scale}) ...")
         started = time.perf_counter()
         summary = seed_database(url, days=30, seed=42, scale=scale, end=end, progress=True)
@@ -67,8 +71,10 @@ def ensure_demo_store(folder: Path, scale: float, fresh: bool,
 
 
 def reset_demo_state(folder: Path) -> None:
-    """Each demo run starts from an empty alert state, so it shows every message."""
-    (folder / "state.db").unlink(missing_ok=True)
+    """Each demo run starts from an empty state (alerts, outbox, run ledger), so it
+    evaluates every rule again and shows every message."""
+    for name in ("state.db", "state.db-wal", "state.db-shm"):
+        (folder / name).unlink(missing_ok=True)
     outbox = folder / "outbox"
     if outbox.is_dir():
         for item in outbox.iterdir():
@@ -83,35 +89,29 @@ class DemoResult:
     now: datetime
     folder: Path
     outbox: Path
-    result: PassResult
+    result: OncePass
     problems: list[str] = field(default_factory=list)
     elapsed: float = 0.0
     reports: list[Path] = field(default_factory=list)
 
     @property
     def exit_code(self) -> int:
-        return 1 if self.result.failed_rules or self.problems else 0
+        return 1 if self.result.failed or self.problems else 0
 
 
 def run_demo(folder: Path, scale: float = 0.25, fresh: bool = False,
              say: Callable[[str], None] = print) -> DemoResult:
     folder.mkdir(parents=True, exist_ok=True)
     url, now = ensure_demo_store(folder, scale, fresh, say)
-    config = load_config(write_demo_config(folder))
-    rule_set = load_rule_set(config)
+    config_path = write_demo_config(folder)
+    config = load_config(config_path)
     reset_demo_state(folder)
-    src = AuditSource.from_config(config.source, url)
-    state = StateStore.from_config(config)
-    started = time.perf_counter()
-    try:
-        result = run_pass(config, [r.rule for r in rule_set.rules], src, state, now)
-    finally:
-        state.close()
-        src.engine.dispose()
-    elapsed = time.perf_counter() - started
+    with once_runtime(config, str(config_path), url, now) as (runtime, watch, problems):
+        started = time.perf_counter()
+        result = once_pass(runtime, watch, now, reports=False)
+        elapsed = time.perf_counter() - started
     written = render_demo_reports(config, url, now, folder / "outbox" / "reports")
-    return DemoResult(now, folder, config.resolve("outbox"), result, [str(p) for p in rule_set.problems], elapsed,
-                      written)
+    return DemoResult(now, folder, config.resolve("outbox"), result, [str(p) for p in problems], elapsed, written)
 
 
 # The planted user of the demo data: the compliance summary tells their story.

@@ -1,7 +1,7 @@
 """Cron health over a period: each cron's expected runs, how many fired, how many were missed.
 
 Expected runs come from the cron's own schedule and time zone (the same
-``expected_runs`` the ``cron_missed`` rule uses, so DST behaves the same), from
+``runs_or_skip`` the ``cron_missed`` rule uses, so DST behaves the same), from
 the cron's ``created_at`` on. A run counts as fired when a ``cron.fired`` event
 for it arrives within ``grace`` after the expected time; a run whose grace
 reaches past the end of the period and that has not fired by then is *pending*,
@@ -10,20 +10,17 @@ neither fired nor missed. The matching is a join aggregated in SQL.
 
 from __future__ import annotations
 
-import logging
 from datetime import datetime, timedelta
 from typing import Any
 
-from cronsim import CronSimError
 from sqlalchemy import and_, case, func, select
 from sqlalchemy.engine import Connection
 
 from audit_watch.reports.queries import Span, grouped, latest, lookup_names
 from audit_watch.reports.scope import ResolvedScope
-from audit_watch.store.cron_runs import FIRED, expected_runs, fired_per_run
+from audit_watch.store.cron_runs import FIRED, fired_per_run, runs_or_skip
 from audit_watch.store.source import AuditSource
 
-log = logging.getLogger(__name__)
 DEFAULT_GRACE = timedelta(minutes=15)
 MAX_RUNS = 50_000          # a cron every minute for a month is 44,640 runs
 LAST_FIRED_LOOKBACK = timedelta(days=35)
@@ -45,12 +42,7 @@ def cron_health(conn: Connection, src: AuditSource, scope: ResolvedScope, span: 
     expected: dict[str, int] = {}
     for cron in rows:
         since = max(start + timedelta(seconds=1), src.read_time(cron.created_at) or start)
-        try:
-            times = expected_runs(cron.schedule, cron.timezone or "UTC", end, since, MAX_RUNS)
-        except (CronSimError, ValueError, KeyError) as exc:
-            log.warning("cron %s has an unusable schedule %r / time zone %r: %s",
-                        cron.id, cron.schedule, cron.timezone, exc)
-            times = []
+        times = runs_or_skip(cron.id, cron.schedule, cron.timezone, end, since, MAX_RUNS)
         expected[cron.id] = len(times)
         runs.extend((cron.id, t) for t in times)
     outcome = _run_outcomes(conn, src, runs, end, grace)

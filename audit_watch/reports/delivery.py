@@ -1,7 +1,8 @@
 """Reports through the outbox: the same durable delivery as alerts.
 
 A report is rendered once (:func:`audit_watch.reports.build_report`); queueing
-it renders one payload per channel and stores it in the outbox row (kind
+it asks each channel's type for its payload (:func:`audit_watch.channels.registry.compose_report`,
+from :meth:`ReportResult.content`) and stores it in the outbox row (kind
 ``report``, rule = the report's name, no fingerprints), so a delivery retried
 tomorrow sends what was built today. :func:`audit_watch.alerting.pipeline.deliver_due`
 then sends it like any notification. Payloads, all plain JSON:
@@ -22,7 +23,6 @@ Every payload also carries ``"report"``: the name, kind, period and scope.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
@@ -31,30 +31,15 @@ from sqlalchemy.engine import Connection
 
 from audit_watch.alerting.outbox import DeliveryPolicy, enqueue
 from audit_watch.alerting.state import StateStore
-from audit_watch.channels.settings import EmailChannel, FileChannel, SlackChannel, SlackWebhookChannel
-from audit_watch.channels.slack_blocks import MAX_TEXT, Section, build_message
+from audit_watch.channels.channel_type import ChannelSettings
+from audit_watch.channels.registry import compose_report
 from audit_watch.config.model import Config
-from audit_watch.reports.output import ReportResult, email_payload
-from audit_watch.reports.render_report import escape_slack
-
-ChannelConfig = SlackChannel | SlackWebhookChannel | EmailChannel | FileChannel
-
-_BLANK_LINES = re.compile(r"\n[ \t]*\n")
+from audit_watch.reports.output import ReportResult
 
 
-def report_payload(channel: ChannelConfig, result: ReportResult) -> dict[str, Any]:
+def report_payload(channel: ChannelSettings, result: ReportResult) -> dict[str, Any]:
     """What one channel receives for ``result`` (see the module doc)."""
-    if isinstance(channel, (SlackChannel, SlackWebhookChannel)):
-        payload = _slack_payload(result)
-    elif isinstance(channel, EmailChannel):
-        payload = email_payload(result, channel.from_)
-    elif isinstance(channel, FileChannel):
-        payload = {"title": result.title, "text": result.text, "html": result.html,
-                   "attachments": [result.evidence.to_json()] if result.evidence is not None else []}
-    else:
-        raise TypeError(f"unknown channel type {type(channel).__name__}")
-    payload["report"] = _about(result)
-    return payload
+    return compose_report(channel, result.content())
 
 
 def check_report_channels(config: Config, channels: Sequence[str]) -> list[str]:
@@ -74,7 +59,9 @@ def report_payloads(config: Config, result: ReportResult, channels: Sequence[str
 
     Raises ValueError naming the unknown channels (and the configured ones).
     """
-    return [(name, report_payload(config.channels[name], result)) for name in check_report_channels(config, channels)]
+    names = check_report_channels(config, channels)
+    content = result.content()
+    return [(name, compose_report(config.channels[name], content)) for name in names]
 
 
 def enqueue_report(conn: Connection, name: str, payloads: Sequence[tuple[str, dict[str, Any]]], now: datetime,
@@ -97,42 +84,3 @@ def queue_report(state: StateStore, config: Config, result: ReportResult, channe
     payloads = report_payloads(config, result, channels)
     with state.write() as conn:
         return enqueue_report(conn, result.name, payloads, now, policy)
-
-
-def _about(result: ReportResult) -> dict[str, Any]:
-    period = result.period
-    return {
-        "name": result.name, "kind": result.report, "title": result.title,
-        "period": {"start": period.start.isoformat(), "end": period.end.isoformat(),
-                   "timezone": period.timezone, "description": period.describe()},
-        "scope": result.scope.label, "generated_at": result.generated_at.isoformat(),
-    }
-
-
-def _slack_payload(result: ReportResult) -> dict[str, Any]:
-    title = " ".join(result.title.split())
-    period = escape_slack(result.period.describe())
-    sections = [Section(chunk) for chunk in _sections(result.slack)]
-    context = [f"Report *{escape_slack(result.name)}* · {period} · audit-watch"]
-    message = build_message(title, None, sections, context, f"{escape_slack(title)} · {period}",
-                            more_label="sections")
-    return {"title": result.title, **message}
-
-
-def _sections(mrkdwn: str) -> list[str]:
-    """The body's paragraphs (split at blank lines), each cut at whole lines
-    into pieces that fit a section, so that nothing is lost to the limit."""
-    pieces: list[str] = []
-    for paragraph in _BLANK_LINES.split(mrkdwn.strip("\n")):
-        current: list[str] = []
-        size = 0
-        for line in paragraph.strip("\n").split("\n"):
-            extra = len(line) + (1 if current else 0)
-            if current and size + extra > MAX_TEXT:
-                pieces.append("\n".join(current))
-                current, size, extra = [], 0, len(line)
-            current.append(line)
-            size += extra
-        if current and any(line.strip() for line in current):
-            pieces.append("\n".join(current))
-    return pieces

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import re
 from datetime import time, timedelta
-from typing import Annotated, Literal
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 from pydantic_core import PydanticCustomError
@@ -204,10 +204,6 @@ class TriageDefinition(ReportDefinitionBase):
     growth_factor: float = Field(default=2.0, gt=1.0)
 
 
-ReportDefinition = Annotated[
-    WeeklyDigestDefinition | ComplianceDefinition | TokenUsageDefinition | TriageDefinition,
-    Field(discriminator="report"),
-]
 DEFINITION_MODELS: dict[str, type[ReportDefinitionBase]] = {
     "weekly-digest": WeeklyDigestDefinition,
     "compliance": ComplianceDefinition,

@@ -16,9 +16,10 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from email.message import EmailMessage
 from pathlib import Path
-from typing import Any
+from typing import Any, overload
 
-from audit_watch.channels.messages import email_fields
+from audit_watch.channels.channel_type import ReportContent
+from audit_watch.channels.email import report_email
 from audit_watch.reports.periods import Period
 from audit_watch.reports.scope import ResolvedScope
 
@@ -71,6 +72,22 @@ class ReportResult:
     def basename(self) -> str:
         return file_basename(self.name, self.scope, self.period)
 
+    def content(self) -> ReportContent:
+        """The report as channels receive it (see :mod:`audit_watch.reports.delivery`)."""
+        period = self.period
+        about = {
+            "name": self.name, "kind": self.report, "title": self.title,
+            "period": {"start": period.start.isoformat(), "end": period.end.isoformat(),
+                       "timezone": period.timezone, "description": period.describe()},
+            "scope": self.scope.label, "generated_at": self.generated_at.isoformat(),
+        }
+        evidence = self.evidence
+        return ReportContent(
+            name=self.name, title=self.title, period=period.describe(), text=self.text, html=self.html,
+            email_html=self.email_html, slack=self.slack, attachments=tuple(a.to_json() for a in self.attachments),
+            evidence=evidence.to_json() if evidence is not None else None, about=about,
+        )
+
 
 def file_basename(name: str, scope: ResolvedScope, period: Period) -> str:
     """``compliance-daniel-reyes-2026-11-20``: what the files of a run are called."""
@@ -81,6 +98,12 @@ def file_basename(name: str, scope: ResolvedScope, period: Period) -> str:
 
 def _slug(text: str) -> str:
     return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")[:60] or "scope"
+
+
+@overload
+def write_report(result: ReportResult, fmt: str = ..., out: None = None) -> str: ...
+@overload
+def write_report(result: ReportResult, fmt: str, out: str | Path) -> list[Path]: ...
 
 
 def write_report(result: ReportResult, fmt: str = "text", out: str | Path | None = None) -> str | list[Path]:
@@ -124,9 +147,7 @@ def email_payload(result: ReportResult, sender: str, css_inline: bool = True) ->
     """The e-mail of a report as the outbox stores it: subject, text, HTML (CSS
     inlined), a Message-ID in the sender's domain, and every attachment (the
     charts with their Content-IDs, the evidence CSV)."""
-    fields = email_fields(f"{result.title} — {result.period.describe()}", result.text, result.email_html, sender,
-                          css_inline)
-    return {"title": result.title, **fields, "attachments": [a.to_json() for a in result.attachments]}
+    return report_email(result.content(), sender, css_inline)
 
 
 def email_message(result: ReportResult, sender: str, to: list[str] | tuple[str, ...],

@@ -24,7 +24,7 @@ from sqlalchemy.sql.elements import ColumnElement
 
 from audit_watch.store.source import AuditSource
 
-# The catalogue's sensitive actions (audit-store.md, rows marked "yes"), in words.
+# The event catalogue's sensitive actions (docs/audit-store.md), in words.
 SENSITIVE_EVENT_TYPES: dict[str, str] = {
     "user.role_changed": "changed a role",
     "credential.created": "created a credential",

@@ -1,96 +1,39 @@
 """Render report contexts with Jinja: HTML, plain text, Markdown and Slack mrkdwn.
 
 Everything from the audit store (agent and thread names, errors, descriptions)
-is untrusted. Each medium escapes it on output, in a sandboxed environment with
-StrictUndefined (a misspelt variable is an error, not an empty string):
-
-- HTML: autoescape (every template and partial rendered for HTML);
-- Markdown: ``finalize`` backslash-escapes Markdown's punctuation in every value;
-- Slack: ``finalize`` escapes exactly ``&``, ``<`` and ``>`` (so content cannot
-  write ``<!channel>`` or a disguised ``<url|label>`` link);
-- text: ``finalize`` drops control characters (no terminal escape sequences).
-
-Every medium folds whitespace in values to single spaces, so content cannot
-start new lines of its own (fake list items, headings, table rows). The filters
-below return ``Trusted`` text (numbers, dates, the links we build), which the
-Markdown, Slack and text environments leave alone; HTML escapes it anyway.
+is untrusted. The environments come from the one factory alerts use too
+(:func:`audit_watch.channels.templating.environment`: a sandbox with
+StrictUndefined, each value escaped on output for its medium, links only to
+http(s)/mailto), with ``one_line_values``: every medium folds untrusted values
+to one line, so content cannot start new lines of its own (fake list items,
+headings, table rows), and text drops control characters (no terminal escape
+sequences). The filters below return ``Trusted`` text (numbers, dates, the links
+we build), which the Markdown, Slack and text environments leave alone; HTML
+escapes it anyway.
 """
 
 from __future__ import annotations
 
 import re
 import textwrap
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime
 from functools import lru_cache
-from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from jinja2 import FileSystemLoader, StrictUndefined, pass_context
+from jinja2 import pass_context
 from jinja2.runtime import Context
 from jinja2.sandbox import ImmutableSandboxedEnvironment
+from markupsafe import Markup
 
+from audit_watch.channels.escaping import Trusted, escape_markdown, one_line
+from audit_watch.channels.templating import environment as sandboxed_environment
+from audit_watch.channels.templating import link_filter
 from audit_watch.config.model import Config
 from audit_watch.core.paths import BUNDLED_TEMPLATES
 
 MEDIA: dict[str, str] = {"html": "html", "text": "txt", "markdown": "md", "slack": "slack.txt"}
-_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f\x80-\x9f\u200b-\u200f\u202a-\u202e\u2066-\u2069]")
-# Characters that format or link anywhere in a line; the others matter only where a
-# value starts a line (a heading, list item or quote), which _LINE_START handles.
-_MARKDOWN_SPECIAL = re.compile(r"([\\`*_\[\]<>|~&])")
-_LINE_START = re.compile(r"^(\s*\d*)([#+=!.)-])")
-
-
-class Trusted(str):
-    """Text audit-watch produced itself: not escaped again (except in HTML)."""
-
-
-def _one_line(value: Any) -> str:
-    return re.sub(r"\s+", " ", _CONTROL.sub(" ", str(value)))
-
-
-def _finalize_text(value: Any) -> Any:
-    if value is None:
-        return ""
-    if isinstance(value, Trusted) or not isinstance(value, str):
-        return value
-    return _one_line(value)
-
-
-def escape_markdown(value: Any) -> str:
-    escaped = _MARKDOWN_SPECIAL.sub(r"\\\1", _one_line(value))
-    return _LINE_START.sub(lambda m: m.group(1) + "\\" + m.group(2), escaped)
-
-
-def _finalize_markdown(value: Any) -> Any:
-    if value is None:
-        return ""
-    if isinstance(value, Trusted) or isinstance(value, (int, float)):
-        return value
-    return escape_markdown(value)
-
-
-def escape_slack(value: Any) -> str:
-    return _one_line(value).replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
-
-
-def _finalize_slack(value: Any) -> Any:
-    if value is None:
-        return ""
-    if isinstance(value, Trusted) or isinstance(value, (int, float)):
-        return value
-    return escape_slack(value)
-
-
-def _finalize_html(value: Any) -> Any:
-    from markupsafe import Markup
-
-    if value is None:
-        return ""
-    if isinstance(value, str) and not isinstance(value, Markup):
-        return _CONTROL.sub(" ", value)      # then autoescaped
-    return value
 
 
 # --- filters: numbers, dates, links ---------------------------------------------------
@@ -163,28 +106,15 @@ def plural(count: Any, word: str, many: str | None = None) -> Trusted:
 
 def cell(value: Any, width: int, align: str = "left") -> Trusted:
     """A fixed-width column for plain-text tables (untrusted text is cleaned first)."""
-    text = "–" if value is None else _one_line(value)
+    text = "–" if value is None else one_line(value)
     if len(text) > width:
         text = text[: width - 1] + "…"
     return Trusted(text.rjust(width) if align == "right" else text.ljust(width))
 
 
-def md_link(url: str, label: Any) -> Trusted:
-    text = label if isinstance(label, Trusted) else escape_markdown(label)
-    return Trusted(f"[{text}](<{str(url).replace('>', '%3E').replace(' ', '%20')}>)")
-
-
-def slack_link(url: str, label: Any) -> Trusted:
-    safe_url = str(url).replace("|", "%7C").replace("<", "%3C").replace(">", "%3E")
-    text = label if isinstance(label, Trusted) else escape_slack(label)
-    return Trusted(f"<{safe_url}|{text}>")
-
-
 def trusted(value: Any) -> Any:
     """The output of one of our own macros: already escaped for the medium when it
     was rendered, so it must not be escaped a second time (Markup stays Markup)."""
-    from markupsafe import Markup
-
     return value if isinstance(value, (Markup, Trusted)) else Trusted(value)
 
 
@@ -193,7 +123,7 @@ def md_cell(value: Any) -> Trusted:
 
 
 def truncate_text(value: Any, limit: int = 80) -> str:
-    text = "" if value is None else _one_line(value)
+    text = "" if value is None else one_line(value)
     out = text if len(text) <= limit else text[: limit - 1].rstrip() + "…"
     return Trusted(out) if isinstance(value, Trusted) else out
 
@@ -204,8 +134,6 @@ def para(value: Any, width: int = 0) -> Any:
     The block's values were already escaped for the medium when it was rendered,
     so the result keeps its type (``Markup`` in HTML) or becomes ``Trusted``.
     """
-    from markupsafe import Markup
-
     text = re.sub(r"\s+", " ", str(value)).strip()
     text = re.sub(r" ([.,;:)])", r"\1", text)
     if width:
@@ -213,9 +141,10 @@ def para(value: Any, width: int = 0) -> Any:
     return Markup(text) if isinstance(value, Markup) else Trusted(text)
 
 
-FILTERS = {
+FILTERS: dict[str, Callable[..., Any]] = {
     "num": num, "pct": pct, "signed_pct": signed_pct, "delta": delta, "times": times, "compact": compact,
-    "dt": dt, "day": day, "plural": plural, "cell": cell, "md_link": md_link, "slack_link": slack_link,
+    "dt": dt, "day": day, "plural": plural, "cell": cell,
+    "md_link": link_filter("markdown", one_line_labels=True), "slack_link": link_filter("slack", one_line_labels=True),
     "md_cell": md_cell, "shorten": truncate_text, "para": para, "trusted": trusted,
 }
 
@@ -228,21 +157,7 @@ def template_folders(config: Config | None) -> tuple[str, ...]:
 
 @lru_cache(maxsize=32)
 def environment(medium: str, folders: tuple[str, ...]) -> ImmutableSandboxedEnvironment:
-    finalize = {"html": _finalize_html, "text": _finalize_text, "markdown": _finalize_markdown,
-                "slack": _finalize_slack}[medium]
-    env = ImmutableSandboxedEnvironment(
-        loader=FileSystemLoader([Path(f) for f in folders]),
-        # By medium, not by file name: a shared partial (``_*.j2``) included from an
-        # HTML template must be escaped for HTML, and from a text template must not.
-        autoescape=medium == "html",
-        undefined=StrictUndefined,
-        finalize=finalize,
-        trim_blocks=True,
-        lstrip_blocks=True,
-        keep_trailing_newline=True,
-    )
-    env.filters.update(FILTERS)
-    return env
+    return sandboxed_environment(medium, folders, filters=FILTERS, one_line_values=True, keep_trailing_newline=True)
 
 
 def template_name(base: str, medium: str) -> str:

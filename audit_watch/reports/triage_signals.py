@@ -102,10 +102,6 @@ class Triage:
     def window_name(self) -> str:
         return self.inputs.period.name
 
-    @property
-    def has_baseline(self) -> bool:
-        return any(self.usable[1:])
-
 
 def baseline_spans(window: Span, count_short: int = 7, count_long: int = 4) -> list[Span]:
     start, end = window

@@ -20,7 +20,7 @@ from sqlalchemy.engine import Connection
 from audit_watch.config.model import LinksConfig
 from audit_watch.rules.alert import Alert, Finding
 from audit_watch.rules.kinds import KINDS, EvalContext
-from audit_watch.rules.links import condition_filters, list_link, row_link
+from audit_watch.rules.links import list_link, row_link
 from audit_watch.rules.model import RuleBase
 from audit_watch.store.source import AuditSource
 
@@ -98,8 +98,7 @@ def _evaluate(rule: RuleBase, src: AuditSource, now: datetime, links: LinksConfi
                 for key in row
                 if key in NAME_TABLES and (NAME_TABLES[key], str(row[key])) in names
             }
-        filters = condition_filters(rule.where) if tab == rule.source else []
-        filters += [(key, value) for key, value in _link_group(rule, finding).items() if value is not None]
+        filters = kind.link_filters(rule, finding)
         alerts.append(
             Alert(
                 rule=rule.name,
@@ -122,12 +121,6 @@ def _evaluate(rule: RuleBase, src: AuditSource, now: datetime, links: LinksConfi
             )
         )
     return alerts
-
-
-def _link_group(rule: RuleBase, finding: Finding) -> dict[str, Any]:
-    if rule.kind == "cron_missed":
-        return {"event_type": "cron.fired", "metadata.cron_id": finding.group["cron_id"]}
-    return {k: v for k, v in finding.group.items() if not (rule.kind == "any" and k == "id")}
 
 
 def resolve_names(src: AuditSource, conn: Connection, findings: list[Finding]) -> dict[tuple[str, str], str]:

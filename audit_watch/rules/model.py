@@ -1,4 +1,4 @@
-"""Typed models of the rule format pinned in ``shared/spec/rules.md``.
+"""Typed models of the rule format (README.md, "Rules": the keys, kinds and their semantics).
 
 Every model forbids unknown keys, so a typo (``notfiy:``) is an error. Cross
 references that need the rest of the config (channel names) come in through the
@@ -255,4 +255,3 @@ Rule = Annotated[
     ThresholdRule | RatioRule | SpikeRule | MetricRule | AbsenceRule | CronMissedRule | NewValueRule | AnyRule,
     Field(discriminator="kind"),
 ]
-RULE_KINDS = ("threshold", "ratio", "spike", "metric", "absence", "cron_missed", "new_value", "any")

@@ -2,7 +2,7 @@
 
 Rules speak in the reference schema's logical names; renames in config map them
 to physical columns. Besides the real columns a rule may use:
-- ``total_tokens`` on jobs (``input_tokens + output_tokens``, rules.md);
+- ``total_tokens`` on jobs (``input_tokens + output_tokens``);
 - ``metadata.KEY`` on events (a key of the JSON metadata). A key may hold any
   character but ``"`` and ``\\``: SQLite's JSON paths cannot quote them, and a key
   that matched on one backend only would be worse than one refused at load time.

@@ -1,41 +1,64 @@
 """Crons' expected runs and whether each fired: shared by the ``cron_missed``
 rule and the reports' cron health.
 
-Expected runs come from each cron's own schedule in its own time zone (cronsim:
-a run in the hour repeated when clocks go back counts once, a run in the hour
-skipped when they go forward happens right after the gap, as cron does it). The
-runs go to the database as one bound JSON parameter and are joined with the
-``cron.fired`` events there, one row per run with its count of fires.
+Expected runs come from each cron's own schedule in its own time zone, read by
+:mod:`audit_watch.core.cron` like every schedule (a run in the hour repeated when
+clocks go back counts once, a run in the hour skipped when they go forward happens
+right after the gap, as cron does it). The runs go to the database as one bound
+JSON parameter and are joined with the ``cron.fired`` events there, one row per
+run with its count of fires.
 """
 
 from __future__ import annotations
 
 import json
-from datetime import UTC, datetime, timedelta
+import logging
+import threading
+from datetime import datetime
 from typing import Any
-from zoneinfo import ZoneInfo
 
-from cronsim import CronSim
 from sqlalchemy import DateTime, String, and_, func, select, text
 from sqlalchemy.sql.elements import ColumnElement
 
+from audit_watch.core.cron import CronError, CronSchedule
 from audit_watch.core.timestamps import as_utc
 from audit_watch.store.source import AuditSource
 
+log = logging.getLogger(__name__)
+
 FIRED = "cron.fired"
+
+# (cron id, schedule, time zone) already warned about: see runs_or_skip.
+_skipped: set[tuple[str, str, str]] = set()
+_skipped_lock = threading.Lock()
 
 
 def expected_runs(schedule: str, tz_name: str, until: datetime, since: datetime, limit: int) -> list[datetime]:
-    """Expected run times (UTC, newest first) with ``since <= t <= until``."""
-    tz = ZoneInfo(tz_name)
-    start = (as_utc(until).replace(microsecond=0) + timedelta(seconds=1)).astimezone(tz)
-    runs: list[datetime] = []
-    for moment in CronSim(schedule, start, reverse=True):
-        moment = moment.astimezone(UTC)
-        if moment < since or len(runs) >= limit:
-            break
-        runs.append(moment)
-    return runs
+    """Expected run times (UTC, newest first) with ``since <= t <= until``.
+
+    Raises :class:`~audit_watch.core.cron.CronError` for a schedule or time zone the
+    cron library cannot read (the crons table is data: callers skip such a cron).
+    """
+    return CronSchedule.read(schedule, tz_name).runs_between(as_utc(since), as_utc(until), limit)
+
+
+def runs_or_skip(cron_id: str, schedule: str, tz_name: str | None, until: datetime, since: datetime,
+                 limit: int) -> list[datetime]:
+    """:func:`expected_runs`, or none for a cron whose schedule or time zone cannot be
+    read: that cron is skipped (never alerted on, counted as idle), the others are not.
+
+    A warning says so the first time this process meets each (cron, schedule, time
+    zone); at later evaluations it is a DEBUG line, not one line a minute."""
+    try:
+        return expected_runs(schedule, tz_name or "UTC", until, since, limit)
+    except CronError as exc:
+        key = (cron_id, schedule, tz_name or "UTC")
+        with _skipped_lock:
+            first = key not in _skipped
+            _skipped.add(key)
+        log.log(logging.WARNING if first else logging.DEBUG,
+                "cron %s (schedule %r, time zone %r) is not checked: %s", cron_id, schedule, tz_name, exc)
+        return []
 
 
 def runs_table(src: AuditSource, runs: list[tuple[str, datetime, datetime]]) -> Any:

@@ -1,4 +1,5 @@
-"""The reference schema of the audit store (``shared/spec/audit-store.md``).
+"""The reference schema of the audit store (documented for users in ``docs/audit-store.md``:
+keep the two in step).
 
 Tables are declared, not reflected: every rule kind, the generator and the tests
 use the same logical names. A deployment whose tables or columns are named
@@ -31,7 +32,7 @@ def _json_type() -> Any:
     return JSON().with_variant(JSONB(), "postgresql")
 
 
-# Logical table -> [(logical column, type, options)]. Order follows the spec.
+# Logical table -> [(logical column, type, options)], in the order of docs/audit-store.md.
 REFERENCE_COLUMNS: dict[str, list[tuple[str, Any, dict[str, Any]]]] = {
     "teams": [
         ("id", Text, {"primary_key": True}),
@@ -109,7 +110,7 @@ REFERENCE_COLUMNS: dict[str, list[tuple[str, Any, dict[str, Any]]]] = {
     ],
 }
 
-# The indexes the spec asks for; created only by the generator (we never write
+# The indexes docs/audit-store.md recommends; created only by the generator (we never write
 # to a real audit store).
 REFERENCE_INDEXES: dict[str, list[tuple[str, ...]]] = {
     "jobs": [("created_at",), ("status", "created_at"), ("agent_id", "created_at")],
@@ -117,14 +118,12 @@ REFERENCE_INDEXES: dict[str, list[tuple[str, ...]]] = {
     "events": [("created_at",), ("event_type", "created_at"), ("severity", "created_at")],
 }
 
-# The time column a window is measured on, per rule source (rules.md).
+# The time column a window is measured on, per rule source.
 TIME_COLUMN: dict[str, str] = {
     "jobs": "created_at",
     "threads": "last_activity_at",
     "events": "created_at",
 }
-
-RULE_SOURCES = ("jobs", "threads", "events")
 
 
 def build_tables(

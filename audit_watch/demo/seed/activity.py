@@ -60,7 +60,7 @@ class _Agent:
     team_id: str
     members: list[str]
     sources: list[str]
-    models: list[tuple[str, str]]
+    models: list[tuple[str, str | None]]     # (model, provider); None: a deleted provider
     pairs: tuple[tuple[str, str], ...]
     names: tuple[str, ...]
     per_hour: list[float]                 # expected threads (or jobs) per hour, scale applied
@@ -100,7 +100,7 @@ class Background:
     # -- volume --------------------------------------------------------------
     def _local_hours(self, tz: str) -> list[tuple[int, bool, object]]:
         zone = ZoneInfo(tz)
-        out = []
+        out: list[tuple[int, bool, object]] = []
         for i in range(self.hours):
             t = datetime.fromtimestamp(self.start + 3600 * i, zone)
             out.append((t.hour, t.weekday() >= 5, t.date()))

@@ -8,11 +8,10 @@ from __future__ import annotations
 
 import random
 from collections.abc import Callable, Iterator
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from zoneinfo import ZoneInfo
 
-from croniter import croniter
-
+from audit_watch.core.cron import CronSchedule
 from audit_watch.demo.seed.rows import TimeText, event_row
 from audit_watch.demo.seed.world import Cron, World
 
@@ -33,13 +32,11 @@ def cron_runs(world: World, rng: random.Random, start: int, end: int,
     for cron in world.crons.values():
         if not cron.enabled:
             continue
-        zone = ZoneInfo(cron.timezone)
         last = min(stop.get(cron.key, end), end)
+        schedule = CronSchedule.read(cron.schedule, cron.timezone)
         # a run due at the very second the cron was created is expected too
-        it = croniter(cron.schedule,
-                      datetime.fromtimestamp(cron_created_at(cron, start) - 1, zone))
-        while True:
-            expected = int(it.get_next(datetime).timestamp())
+        for run in schedule.runs_after(datetime.fromtimestamp(cron_created_at(cron, start) - 1, UTC)):
+            expected = int(run.timestamp())
             if expected >= last:
                 break
             fired = expected + 20 + rng.randrange(130)

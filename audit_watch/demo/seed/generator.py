@@ -12,7 +12,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 from sqlalchemy import create_engine, inspect, text
 
@@ -81,7 +81,7 @@ class SeedRun:
 
 def default_end() -> datetime:
     """The current time floored to the hour (the only use of the wall clock)."""
-    return datetime.now(timezone.utc).replace(minute=0, second=0, microsecond=0)
+    return datetime.now(UTC).replace(minute=0, second=0, microsecond=0)
 
 
 def seed_database(url: str, *, days: int = 30, seed: int = 42, scale: float = 1.0,
@@ -101,7 +101,7 @@ def seed_database(url: str, *, days: int = 30, seed: int = 42, scale: float = 1.
         end = default_end()
     elif end.tzinfo is None:
         raise ValueError("end must be timezone-aware (UTC)")
-    end = end.astimezone(timezone.utc)
+    end = end.astimezone(UTC)
     started = time.monotonic()
     engine = create_engine(url)
     try:
@@ -132,7 +132,7 @@ def read_seed_run(url: str) -> SeedRun | None:
         engine.dispose()
     if row is None:
         return None
-    end = datetime.fromisoformat(row.end_at).astimezone(timezone.utc)
+    end = datetime.fromisoformat(row.end_at).astimezone(UTC)
     return SeedRun(int(row.seed), int(row.days), float(row.scale), end)
 
 
@@ -176,7 +176,7 @@ def _generate(writer: BulkWriter, world: World, seed: int, days: int, scale: flo
                 fired, _expected, cron = runs[next_run]
                 next_run += 1
                 events.append(cron_fired_row(world, cron, fired, make_id, fmt))
-                day = datetime.fromtimestamp(fired, timezone.utc).strftime("%b %d")
+                day = datetime.fromtimestamp(fired, UTC).strftime("%b %d")
                 background.cron_run(background.agents[cron.agent], cron.id,
                                     f"{cron.name} {day}", fired, CRON_TEXT[cron.key],
                                     jobs, threads, events)

@@ -21,11 +21,10 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta, timezone
-from zoneinfo import ZoneInfo
+from datetime import UTC, datetime, timedelta
+from typing import Any
 
-from croniter import croniter
-
+from audit_watch.core.cron import CronSchedule
 from audit_watch.demo.seed.rows import TimeText, epoch, event_row
 from audit_watch.demo.seed.world import (
     AGENTS,
@@ -93,7 +92,7 @@ class Plan:
 def _utc(end: datetime) -> datetime:
     if end.tzinfo is None:
         raise ValueError("end must be an aware datetime")
-    return end.astimezone(timezone.utc)
+    return end.astimezone(UTC)
 
 
 def _ceil_hour(value: datetime) -> datetime:
@@ -104,9 +103,9 @@ def _ceil_hour(value: datetime) -> datetime:
 def first_missed_run(world: World, end: datetime) -> datetime:
     """The stopped cron's first expected run at or after end - 2d (in its own zone)."""
     cron = world.crons[STOPPED_CRON]
-    cutoff = (end - timedelta(seconds=CRON_STOP)).astimezone(ZoneInfo(cron.timezone))
-    it = croniter(cron.schedule, cutoff - timedelta(seconds=1))
-    return it.get_next(datetime).astimezone(timezone.utc)
+    run = CronSchedule.read(cron.schedule, cron.timezone).next_at_or_after(end - timedelta(seconds=CRON_STOP))
+    assert run is not None   # the demo's crons fire daily or more often
+    return run
 
 
 def _token_agent() -> Agent:
@@ -213,8 +212,10 @@ def planted_events(world: World, end: datetime, make_id: Callable[[int], str],
     e = epoch(_utc(end))
     actor, promoted = world.users[SENSITIVE_ACTOR], world.users[PROMOTED_USER]
     team = world.teams[actor.teams[0]].id
-    items = [(e - ACTOR_LOGIN, "auth.login", "info", f"{actor.name} signed in", {"ip": NEW_IP},
-              None, actor.id, team)]
+    # (offset, type, severity, description, metadata, agent id, user id, team id)
+    items: list[tuple[int, str, str, str, dict[str, Any], str | None, str | None, str]] = [
+        (e - ACTOR_LOGIN, "auth.login", "info", f"{actor.name} signed in", {"ip": NEW_IP}, None, actor.id, team),
+    ]
     role_at, cred_at, *edit_at = SENSITIVE_AT
     items.append((e - role_at, "user.role_changed", "warning",
                   f"{actor.name} changed the role of {promoted.name} from member to owner",

@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import random
 from collections.abc import Callable
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 from audit_watch.store.schema import REFERENCE_COLUMNS
 
@@ -31,7 +31,7 @@ class TimeText:
         self.base = first - first % 60
         minutes = (last - self.base) // 60 + 2
         self.prefix = [
-            datetime.fromtimestamp(self.base + 60 * i, timezone.utc).strftime("%Y-%m-%d %H:%M:")
+            datetime.fromtimestamp(self.base + 60 * i, UTC).strftime("%Y-%m-%d %H:%M:")
             for i in range(minutes)
         ]
 
@@ -39,7 +39,7 @@ class TimeText:
         i = (ts - self.base) // 60
         if 0 <= i < len(self.prefix):
             return self.prefix[i] + _SECONDS[ts % 60]
-        return datetime.fromtimestamp(ts, timezone.utc).strftime("%Y-%m-%d %H:%M:%S")
+        return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%d %H:%M:%S")
 
 
 def uuid7_factory(rng: random.Random) -> Callable[[int], str]:

@@ -245,11 +245,11 @@ def build_world(seed: int) -> World:
                     break
         world.users[key] = User(key, new_uuid4(rng), name,
                                 f"{_slug(name)}@{COMPANY_DOMAIN}", role, teams, tuple(ips))
-    for spec in AGENTS:
-        world.agents[spec.key] = replace(spec, id=new_uuid4(rng))
-    for spec in CRONS:
-        world.crons[spec.key] = replace(spec, id=new_uuid4(rng),
-                                         created_before_start=rng.randrange(2 * 3600, 20 * 3600))
+    for agent in AGENTS:
+        world.agents[agent.key] = replace(agent, id=new_uuid4(rng))
+    for cron in CRONS:
+        world.crons[cron.key] = replace(cron, id=new_uuid4(rng),
+                                        created_before_start=rng.randrange(2 * 3600, 20 * 3600))
     return world
 
 

@@ -21,8 +21,8 @@ from typing import Any
 from psycopg.copy import QueuedLibpqWriter
 from sqlalchemy import Engine, text
 
-from audit_watch.store.schema import build_tables
 from audit_watch.demo.seed.rows import BULK_TABLES, COLUMNS
+from audit_watch.store.schema import build_tables
 
 SEED_TABLE = "audit_watch_seed"
 # Parallel COPY streams per table on PostgreSQL: jobs outweigh the rest 3:1.
@@ -191,9 +191,10 @@ class PostgresBulkWriter(BulkWriter):
         self.raw.commit()
 
     def _rollback(self, exc: object) -> None:
+        error = exc if isinstance(exc, BaseException) else None
         for raw, stack, _ in self.streams.values():
             with suppress(Exception):                # the original error matters more
-                stack.__exit__(type(exc), exc, None)
+                stack.__exit__(type(error) if error else None, error, None)
             raw.rollback()
         self.raw.rollback()
 
@@ -218,7 +219,7 @@ class _QueuedWriter(QueuedLibpqWriter):
 
     def __init__(self, cursor: Any) -> None:
         super().__init__(cursor)
-        self._queue = Queue(maxsize=64)
+        self._queue = Queue(maxsize=64)  # type: ignore[assignment]  # psycopg types it as its own async-compatible Queue
 
 
 def bulk_writer(engine: Engine) -> BulkWriter:

@@ -17,6 +17,9 @@ from audit_watch.store.where import where_clause
 class Absence(RuleKind):
     name = "absence"
 
+    def fires_on_silence(self, rule: AbsenceRule) -> bool:
+        return True
+
     def find(self, rule: AbsenceRule, ctx: EvalContext) -> list[Finding]:
         src, now = ctx.src, ctx.now
         stmt = ctx.prepared(rule, (self.name, "find"), lambda moments: self.statement(rule, src, moments))

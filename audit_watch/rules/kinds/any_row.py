@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from typing import Any
 
 from sqlalchemy import Select, select
@@ -56,6 +57,11 @@ class AnyRow(RuleKind):
         if len(rows) > rule.max_alerts and findings:
             findings[-1].details["truncated"] = True
         return findings
+
+    def link_filters(self, rule: AnyRule, finding: Finding) -> list[tuple[str, Any]]:
+        # The row's id is in its group (one alert per row) and has its own link.
+        group = {key: value for key, value in finding.group.items() if key != "id"}
+        return super().link_filters(rule, replace(finding, group=group))
 
     def statement(self, rule: AnyRule, src: AuditSource, moments: Moments) -> Select[Any]:
         table = src.table(rule.source)

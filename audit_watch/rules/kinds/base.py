@@ -27,6 +27,7 @@ from sqlalchemy.sql import Executable
 from sqlalchemy.sql.elements import ColumnElement
 
 from audit_watch.rules.alert import Finding
+from audit_watch.rules.links import condition_filters
 from audit_watch.rules.model import Comparison, RuleBase
 from audit_watch.store.source import AuditSource, Moment
 from audit_watch.store.where import Condition, where_clause
@@ -35,6 +36,7 @@ MAX_SAMPLE_ROWS = 20
 MAX_SAMPLED_GROUPS = 200
 
 _Built = TypeVar("_Built")
+_Built_co = TypeVar("_Built_co", covariant=True)  # a prepared Select is a prepared Executable
 
 
 class Moments:
@@ -56,10 +58,10 @@ class Moments:
 
 
 @dataclass(frozen=True)
-class Prepared(Generic[_Built]):
+class Prepared(Generic[_Built_co]):
     """What a builder made once for a rule (a statement or a clause), with the moments it binds."""
 
-    built: _Built
+    built: _Built_co
     moments: tuple[Moment, ...]
 
 
@@ -178,13 +180,27 @@ def sample_rows(
 
 
 class RuleKind(ABC):
-    """One kind of rule: compute findings in SQL, then sample their rows."""
+    """One kind of rule: compute findings in SQL, then sample their rows; and what
+    else the kind implies (for holding it on a silent store, for its links)."""
 
     name: str
 
     @abstractmethod
     def find(self, rule: Any, ctx: EvalContext) -> list[Finding]:
         """The groups that fire at ``ctx.now``, with their values."""
+
+    def fires_on_silence(self, rule: Any) -> bool:
+        """Would ``rule`` fire merely because no rows arrive? The daemon holds such
+        rules while the audit store is silent (one "store silent" alert instead).
+        By default no: the kind fires on rows that are there."""
+        return False
+
+    def link_filters(self, rule: Any, finding: Finding) -> list[tuple[str, Any]]:
+        """What the finding's "open in Audit Logs" list filters on: by default the
+        rule's ``where`` (its filters the list can express), when the rows listed are
+        the rule's own, and the group's values."""
+        where = condition_filters(rule.where) if (finding.row_source or rule.source) == rule.source else []
+        return where + [(key, value) for key, value in finding.group.items() if value is not None]
 
     def sample_range(self, rule: Any, now: datetime) -> tuple[datetime, datetime]:
         """Where the evidence rows of a finding lie (by default: the window)."""
@@ -228,7 +244,3 @@ def window_conditions(
         )
 
     return ctx.prepared(rule, ("sample conditions", label, start_offset, end_offset), build)
-
-
-def scaled(count: float, numerator: timedelta, denominator: timedelta) -> float:
-    return count * (numerator.total_seconds() / denominator.total_seconds())

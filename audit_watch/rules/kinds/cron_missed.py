@@ -10,23 +10,19 @@ parameter of :func:`~audit_watch.store.cron_runs.runs_table`) change with ``now`
 
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from cronsim import CronSimError
 from sqlalchemy import Select, and_, bindparam, func, select
 from sqlalchemy.sql.elements import ColumnElement
 
 from audit_watch.rules.alert import Finding
 from audit_watch.rules.kinds.base import EvalContext, Moments, RuleKind, sample_rows
 from audit_watch.rules.model import CronMissedRule
-from audit_watch.store.cron_runs import FIRED, expected_runs, fired_per_run
+from audit_watch.store.cron_runs import FIRED, fired_per_run, runs_or_skip
 from audit_watch.store.source import AuditSource
 from audit_watch.store.where import where_clause
-
-log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -41,6 +37,13 @@ class CronRow:
 
 class CronMissed(RuleKind):
     name = "cron_missed"
+
+    def fires_on_silence(self, rule: CronMissedRule) -> bool:
+        return True                             # no cron.fired events arrive either
+
+    def link_filters(self, rule: CronMissedRule, finding: Finding) -> list[tuple[str, Any]]:
+        """The cron's ``cron.fired`` events (the rule's ``where`` filters crons, not events)."""
+        return [("event_type", FIRED), ("metadata.cron_id", finding.group["cron_id"])]
 
     def find(self, rule: CronMissedRule, ctx: EvalContext) -> list[Finding]:
         due_by = ctx.now - rule.grace
@@ -87,7 +90,8 @@ class CronMissed(RuleKind):
 
     def _crons(self, rule: CronMissedRule, ctx: EvalContext) -> list[CronRow]:
         stmt = ctx.prepared(rule, (self.name, "crons"), lambda _moments: self._crons_statement(rule, ctx.src))
-        return [CronRow(*row) for row in ctx.execute(stmt)]
+        return [CronRow(row.id, row.agent_id, row.name, row.schedule, row.timezone, row.created_at)
+                for row in ctx.execute(stmt)]
 
     def _crons_statement(self, rule: CronMissedRule, src: AuditSource) -> Select[Any]:
         crons = src.table("crons")
@@ -96,12 +100,7 @@ class CronMissed(RuleKind):
         ).where(crons.c.enabled.is_(True), where_clause(src, "crons", rule.where)).order_by(crons.c.id)
 
     def _runs(self, cron: CronRow, due_by: datetime, limit: int) -> list[datetime]:
-        try:
-            return expected_runs(cron.schedule, cron.timezone or "UTC", due_by, cron.created_at, limit)
-        except (CronSimError, ValueError, KeyError) as exc:
-            log.warning("cron %s (%s) has an unusable schedule %r / time zone %r: %s",
-                        cron.id, cron.name, cron.schedule, cron.timezone, exc)
-            return []
+        return runs_or_skip(cron.id, cron.schedule, cron.timezone, due_by, cron.created_at, limit)
 
     def _fired_counts(
         self, ctx: EvalContext, rule: CronMissedRule, runs: dict[str, list[datetime]]
@@ -112,16 +111,19 @@ class CronMissed(RuleKind):
             return {}
         src = ctx.src
         per_run = fired_per_run(src, [(cid, run, run + rule.grace) for cid, run in pairs])
-        counts = {}
+        counts: dict[tuple[str, datetime], int] = {}
         for row in ctx.conn.execute(select(per_run.c.cron_id, per_run.c.expected_at, per_run.c.fired)):
-            counts[(row.cron_id, src.read_time(row.expected_at))] = int(row.fired)
+            expected = src.read_time(row.expected_at)
+            if expected is not None:
+                counts[(row.cron_id, expected)] = int(row.fired)
         return counts
 
     def _last_fired(self, rule: CronMissedRule, ctx: EvalContext, cron_ids: list[str]) -> dict[str, str]:
         src = ctx.src
         stmt = ctx.prepared(rule, (self.name, "last fired"), lambda moments: self._last_fired_statement(src, moments))
         rows = ctx.conn.execute(stmt.built, {**ctx.params(stmt), "cron_ids": cron_ids})
-        return {row.cron_id: src.read_time(row.last).isoformat() for row in rows}
+        found = {row.cron_id: src.read_time(row.last) for row in rows}
+        return {cron_id: last.isoformat() for cron_id, last in found.items() if last is not None}
 
     def _last_fired_statement(self, src: AuditSource, moments: Moments) -> Select[Any]:
         """The last fire of each cron in the bound list ``cron_ids``."""

@@ -85,6 +85,10 @@ class Metric(RuleKind):
             ]
         return self._baseline_findings(rule, ctx, stmt)
 
+    def fires_on_silence(self, rule: MetricRule) -> bool:
+        # A threshold such as "< 100" holds on no rows; a baseline compares with the past.
+        return rule.threshold is not None and rule.threshold.holds(0)
+
     def statement(self, rule: MetricRule, src: AuditSource, moments: Moments) -> Select[Any]:
         periods = rule.baseline.periods if rule.baseline else 0
         time = src.time_column(rule.source)

@@ -85,5 +85,8 @@ class Spike(RuleKind):
         fires = {"up": up, "down": down, "both": or_(up, down)}.get(rule.direction, false())
         return select(counted, up.label("is_up")).where(fires)
 
+    def fires_on_silence(self, rule: SpikeRule) -> bool:
+        return rule.direction in ("down", "both")
+
     def list_range(self, rule: SpikeRule, now: datetime) -> tuple[datetime, datetime]:
         return now - rule.window - rule.reference_span, now

@@ -23,6 +23,9 @@ class Threshold(RuleKind):
             for row in ctx.execute(stmt)
         ]
 
+    def fires_on_silence(self, rule: ThresholdRule) -> bool:
+        return rule.threshold.holds(0)          # "fewer than N" holds on no rows
+
     def statement(self, rule: ThresholdRule, src: AuditSource, moments: Moments) -> Select[Any]:
         groups = group_columns(src, rule.source, rule.group_by)
         counted = (
