@@ -297,3 +297,24 @@ def test_a_metadata_key_with_other_punctuation_still_matches_on_both_backends(in
                        "window": "1h", "threshold": {"op": ">=", "value": 0}})
     assert [a.value for a in alerts] == [1]
 
+
+
+@pytest.mark.parametrize("written, passes", [("0.3333", True), ("0.333", True), ("0.3333333333333333", True),
+                                             ("0.3334", False), ("0.33334", False)])
+def test_a_rule_test_may_write_the_value_rounded(tmp_path: Path, written: str, passes: bool):
+    (tmp_path / "rule.yaml").write_text(
+        "name: share\nkind: ratio\nwhere: {status: failed}\nwindow: 1h\nratio: {op: '>', value: 0.3}\n")
+    tests = tmp_path / "rule.test.yaml"
+    tests.write_text(f"""\
+rule_files: [rule.yaml]
+tests:
+  - name: one failed job in three
+    now: 2026-11-20T12:00:00Z
+    rows:
+      jobs: [{{at: -1m, status: failed}}, {{at: -1m, status: complete, count: 2}}]
+    expect:
+      - rule: share
+        alerts: [{{group: {{}}, value: {written}}}]
+""")
+    result = CliRunner().invoke(main, ["test-rules", str(tests)])
+    assert result.exit_code == (0 if passes else 1), result.output
