@@ -9,7 +9,7 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from audit_watch.core.numbers import number
+from audit_watch.core.numbers import format_number, number
 from audit_watch.core.outcomes import RunOutcome
 from audit_watch.demo.run import DemoResult
 from audit_watch.rules.alert import Alert
@@ -87,7 +87,7 @@ def backtest_tables(result: BacktestResult) -> list[Table]:
     for episode in result.episodes:
         episodes.add_row(
             _escape(episode.label), f"{episode.first:%Y-%m-%d %H:%M}", f"{episode.last:%Y-%m-%d %H:%M}",
-            str(episode.steps), f"{number(episode.peak)}", episode.threshold or "",
+            str(episode.steps), format_number(episode.peak), episode.threshold or "",
         )
     per_day = Table(title="firing evaluations per day")
     per_day.add_column("day")
@@ -135,7 +135,7 @@ def states_view(rows: Iterable[Any]) -> Table:
             since = row.resolved_at
         table.add_row(
             row.rule, _escape(str(row.group)), f"[{STATE_STYLE.get(row.state, '')}]{row.state}[/]",
-            row.severity, str(number(row.value) if isinstance(row.value, (int, float)) else row.value),
+            row.severity, format_number(row.value) if isinstance(row.value, (int, float)) else str(row.value),
             _when(since), _when(row.last_evaluated_at), _when(row.last_notified_at),
             f"#{row.silenced_by}" if row.silenced_by else "",
         )

@@ -19,6 +19,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 from datetime import datetime
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -143,10 +144,15 @@ def _check_expectation(
 
 
 def _same_value(alert: Alert, expected: Any) -> bool:
+    """The value, or the value rounded to the decimals written (``0.3333`` for 1/3)."""
     try:
-        return math.isclose(float(alert.value), float(expected), rel_tol=1e-6, abs_tol=1e-6)
+        actual, wanted = float(alert.value), float(expected)
     except (TypeError, ValueError):
         return False
+    if math.isclose(actual, wanted, rel_tol=1e-6, abs_tol=1e-6):
+        return True
+    exponent = Decimal(repr(wanted)).as_tuple().exponent
+    return isinstance(exponent, int) and exponent < 0 and round(actual, -exponent) == wanted
 
 
 def _show(group: dict[str, Any]) -> str:

@@ -7,9 +7,11 @@ kinds build one portable SQLAlchemy select:
   comparisons go through ``julianday`` (which applies the offset; SQLite keeps the
   instant in whole milliseconds, so equal instants give equal numbers), next to a
   coarse comparison on the raw column that can still use its index;
-- JSON metadata keys: ``->>`` on PostgreSQL, ``json_extract`` on SQLite, both
-  compared as text;
-- read-only transactions and a statement timeout per query;
+- JSON metadata keys: ``->>`` on PostgreSQL, ``json_extract`` on SQLite, as text,
+  as a number (JSON numbers only) and by their JSON type;
+- text: lower-casing for ``contains`` (Unicode's simple mapping on both backends,
+  :mod:`audit_watch.store.text_match`) and ordering by code point;
+- read-only transactions (the engines: :mod:`audit_watch.store.engine`);
 - moments of an evaluation (``now - offset``) as named bound parameters, so that a
   rule's statement is built once and executed at every ``now`` (:class:`Moment`,
   :class:`StatementCache`).
@@ -35,19 +37,19 @@ from sqlalchemy import (
     bindparam,
     case,
     cast,
-    create_engine,
     event,
     func,
     literal,
 )
-from sqlalchemy.engine import Connection, Engine, make_url
-from sqlalchemy.pool import StaticPool
+from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.sql.elements import ColumnElement
 
 from audit_watch.core.timestamps import as_utc, parse_timestamp
-from audit_watch.store.columns import JSON_COLUMN, is_json_key
+from audit_watch.store.columns import JSON_COLUMN, is_json_key, json_key
+from audit_watch.store.engine import make_engine
 from audit_watch.store.schema import TIME_COLUMN, build_tables
 from audit_watch.store.settings import SourceConfig
+from audit_watch.store.text_match import SQLITE_FUNCTION, pick_pg_collation, register_sqlite_functions
 
 _UNIX_EPOCH_JULIAN_DAY = 2440587.5
 
@@ -56,6 +58,16 @@ _UNIX_EPOCH_JULIAN_DAY = 2440587.5
 # before the start's UTC date to (exclusive) two days after the end's.
 _COARSE_LOW_SHIFT = timedelta(days=-1)
 _COARSE_HIGH_SHIFT = timedelta(days=2)
+
+# JSON types by the names PostgreSQL's jsonb_typeof gives, and SQLite's json_type names for them.
+_SQLITE_JSON_TYPES = {
+    "number": ("integer", "real"),
+    "string": ("text",),
+    "boolean": ("true", "false"),
+    "null": ("null",),
+    "object": ("object",),
+    "array": ("array",),
+}
 
 _Built = TypeVar("_Built")
 
@@ -156,69 +168,6 @@ class StatementCache:
                 del self._entries[key]
 
 
-def make_engine(url: str, readonly: bool = False, statement_timeout: timedelta | None = None) -> Engine:
-    """An engine for the audit store or the state database.
-
-    PostgreSQL: psycopg 3, pre-ping (survives a server restart), UTC session,
-    custom plans only, optional statement timeout. SQLite: a file opened read-only
-    when asked; an in-memory database shares one connection so that all sessions see it.
-    """
-    parsed = make_url(url)
-    if parsed.get_backend_name() == "postgresql":
-        if parsed.drivername == "postgresql":
-            parsed = parsed.set(drivername="postgresql+psycopg")
-        # psycopg prepares a statement run 5 times on a connection, and after 5 more
-        # runs PostgreSQL may switch it to a generic plan that cannot see the bound
-        # values. A rule's statement is the same text at every tick, and its values
-        # decide the plan: with `event_type = $1` unknown, new-login-ip's generic plan
-        # scans every event of the lookback by time (160 ms instead of 1 ms).
-        options = "-c TimeZone=UTC -c plan_cache_mode=force_custom_plan"
-        if statement_timeout:
-            options += f" -c statement_timeout={int(statement_timeout.total_seconds() * 1000)}"
-        return create_engine(parsed, pool_pre_ping=True, connect_args={"options": options})
-    if parsed.get_backend_name() == "sqlite":
-        database = parsed.database or ""
-        if database in ("", ":memory:"):
-            return create_engine(
-                "sqlite://", poolclass=StaticPool, connect_args={"check_same_thread": False}
-            )
-        if readonly and not database.startswith("file:"):
-            engine = create_engine(
-                f"sqlite:///file:{database}?mode=ro&uri=true",
-                connect_args={"timeout": 30, "check_same_thread": False},
-            )
-        else:
-            engine = create_engine(url, connect_args={"timeout": 30, "check_same_thread": False})
-        if statement_timeout:
-            _sqlite_progress_timeout(engine, statement_timeout)
-        return engine
-    return create_engine(parsed, pool_pre_ping=True)
-
-
-def _sqlite_progress_timeout(engine: Engine, timeout: timedelta) -> None:
-    """SQLite has no statement_timeout: interrupt a query that runs too long."""
-    import time
-
-    limit = timeout.total_seconds()
-
-    @event.listens_for(engine, "connect")
-    def _install(dbapi_connection: Any, record: Any) -> None:
-        state: dict[str, Any] = {"start": None}
-
-        def handler() -> int:
-            return 1 if state["start"] and time.monotonic() - state["start"] > limit else 0
-
-        dbapi_connection.set_progress_handler(handler, 100_000)
-        record.info["audit_watch_timer"] = state
-
-    @event.listens_for(engine, "before_cursor_execute")
-    def _start(conn: Any, *_args: Any) -> None:
-        state = conn.connection.info.get("audit_watch_timer")
-        if state is not None:
-            state["start"] = time.monotonic()
-
-
-
 @dataclass
 class AuditSource:
     """The audit store as rule kinds see it."""
@@ -228,6 +177,13 @@ class AuditSource:
     # Statements and clauses of rule kinds, built once per rule for this engine's
     # dialect and these tables (see Moment).
     statements: StatementCache = field(default_factory=StatementCache, repr=False, compare=False)
+    # PostgreSQL: the collation whose lower() is Unicode's simple mapping (probed once).
+    _case_collation: tuple[str | None] | None = field(default=None, init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        # An engine not made by make_engine (tests, tools) still needs the SQL functions.
+        if self.dialect == "sqlite" and not event.contains(self.engine, "connect", register_sqlite_functions):
+            event.listen(self.engine, "connect", register_sqlite_functions)
 
     @classmethod
     def from_config(cls, config: SourceConfig, url: str | None = None, readonly: bool = True) -> AuditSource:
@@ -266,29 +222,13 @@ class AuditSource:
         if name == "total_tokens" and source == "jobs":
             return table.c.input_tokens + table.c.output_tokens
         if is_json_key(source, name):
-            return self.json_text(table.c[JSON_COLUMN[source]], name.split(".", 1)[1])
+            return self.json_text(table.c[JSON_COLUMN[source]], json_key(name))
         return table.c[name]
 
     def numeric_column(self, source: str, name: str) -> ColumnElement[Any]:
-        """A column as a number; a JSON key only where it holds a JSON number, else NULL.
-
-        The same on both backends: on PostgreSQL a bare cast would fail the whole
-        query on one ``"status": "ok"``, and SQLite would compare such text as greater
-        than any number.
-        """
+        """A column as a number; a JSON key only where it holds a JSON number, else NULL."""
         if is_json_key(source, name):
-            column = self.tables[source].c[JSON_COLUMN[source]]
-            key = name.split(".", 1)[1]
-            if self.dialect == "sqlite":
-                path = _json_path(key)
-                return case(
-                    (func.json_type(column, path).in_(["integer", "real"]), func.json_extract(column, path)),
-                    else_=None,
-                )
-            return case(
-                (func.jsonb_typeof(column[key]) == "number", cast(column[key].as_string(), Float)),
-                else_=None,
-            )
+            return self.json_number(self.tables[source].c[JSON_COLUMN[source]], json_key(name))
         return self.column(source, name)
 
     def json_text(self, column: ColumnElement[Any], key: str) -> ColumnElement[Any]:
@@ -303,10 +243,53 @@ class AuditSource:
             )
         return column[key].as_string()
 
+    def json_number(self, column: ColumnElement[Any], key: str) -> ColumnElement[Any]:
+        """A JSON key as a double where it holds a JSON number, else NULL.
+
+        On PostgreSQL a bare cast would fail the whole query on one ``"status": "ok"``,
+        and SQLite would compare such text as greater than any number; both compare in
+        double precision (SQLite would keep a whole number exact).
+        """
+        if self.dialect == "sqlite":
+            return case(
+                (self.json_is(column, key, "number"), cast(func.json_extract(column, _json_path(key)), Float)),
+                else_=None,
+            )
+        return case((self.json_is(column, key, "number"), cast(column[key].as_string(), Float)), else_=None)
+
+    def json_is(self, column: ColumnElement[Any], key: str, *kinds: str) -> ColumnElement[bool]:
+        """Whether the key holds a JSON value of one of ``kinds`` (``number``, ``string``,
+        ``boolean``, ``null``, ``object``, ``array``). False, never NULL, for a missing key."""
+        if self.dialect == "sqlite":
+            names = [name for kind in kinds for name in _SQLITE_JSON_TYPES[kind]]
+            return func.coalesce(func.json_type(column, _json_path(key)), "").in_(names)
+        return func.coalesce(func.jsonb_typeof(column[key]), "").in_(list(kinds))
+
     def json_has_key(self, column: ColumnElement[Any], key: str) -> ColumnElement[bool]:
         if self.dialect == "sqlite":
             return func.json_type(column, _json_path(key)).is_not(None)
         return column.op("?", is_comparison=True)(literal(key, String))
+
+    # --- text ------------------------------------------------------------------------
+
+    def fold_case(self, text: ColumnElement[Any]) -> ColumnElement[Any]:
+        """``text`` under Unicode's simple lowercase mapping (for ``contains``)."""
+        if self.dialect == "sqlite":
+            return getattr(func, SQLITE_FUNCTION)(text)
+        if self.dialect == "postgresql":
+            collation = self._lowercase_collation()
+            return func.lower(text.collate(collation) if collation else text)
+        return func.lower(text)
+
+    def code_point_order(self, text: ColumnElement[Any]) -> ColumnElement[Any]:
+        """``text`` ordered by code point, as SQLite orders (not by the database's locale)."""
+        return text.collate("C") if self.dialect == "postgresql" else text
+
+    def _lowercase_collation(self) -> str | None:
+        if self._case_collation is None:
+            with self.engine.connect() as conn:
+                self._case_collation = (pick_pg_collation(conn),)
+        return self._case_collation[0]
 
     # --- time ------------------------------------------------------------------------
 
@@ -398,4 +381,5 @@ def _coarse_day(moment: datetime, shift: timedelta) -> str:
 
 
 def _json_path(key: str) -> str:
-    return '$."' + key.replace('"', '\\"') + '"'
+    # Keys with " or \ are refused when rules load (store.columns): SQLite's paths cannot quote them.
+    return '$."' + key + '"'

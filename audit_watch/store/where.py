@@ -1,28 +1,43 @@
 """The ``where`` conditions of rules and exports: their model, their validation
 against the audit store's columns, and their SQL.
 
-Every value is a bound parameter. Both backends compare alike: numbers given for
-text columns become text, numeric text for numeric columns a number, and JSON
-metadata keys compare as text (see :meth:`AuditSource.json_text`).
+Every value is a bound parameter, and both backends compare alike:
+
+- numbers given for text columns become text, numeric text for numeric columns a
+  number; text orders by code point (``gt: M`` is the same on every collation);
+- ``contains`` is a case-insensitive substring under Unicode's simple lowercase
+  mapping (:mod:`audit_watch.store.text_match`); ``%`` and ``_`` are literal;
+- a JSON metadata key compares by its JSON type: a JSON number equals a number of
+  the same value (``197``, ``197.0`` and ``"197"`` in a rule are one number), a
+  JSON string or boolean equals text (``true``/``false`` for booleans), a missing
+  key or JSON null equals null; the order operators see JSON numbers only, and
+  ``contains`` JSON strings only;
+- ``not`` and ``not_in`` are exactly the rows ``eq`` and ``in`` leave out (NULL and
+  a missing key count as "not"); a null in an ``in`` list matches NULL.
 """
 
 from __future__ import annotations
 
+import math
+import re
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import date, datetime
 from typing import Any
 
 from pydantic_core import PydanticCustomError
-from sqlalchemy import String, and_, func, literal, not_, or_, true
+from sqlalchemy import String, and_, false, literal, not_, or_, true
 from sqlalchemy.sql.elements import ColumnElement
 
 from audit_watch.core.timestamps import parse_timestamp
-from audit_watch.store.columns import JSON_COLUMN, NUMERIC_COLUMNS, TIME_COLUMNS, column_problem, is_json_key
+from audit_watch.store.columns import JSON_COLUMN, NUMERIC_COLUMNS, column_kind, column_problem, json_key
 from audit_watch.store.source import AuditSource
+from audit_watch.store.text_match import unicode_lower
 
 WHERE_OPERATORS = ("eq", "in", "not", "not_in", "gt", "gte", "lt", "lte", "contains", "exists")
 _LIST_OPERATORS = {"in", "not_in"}
 _ORDER_OPERATORS = {"gt", "gte", "lt", "lte"}
+_EQUALITY_OPERATORS = {"eq", "in", "not", "not_in"}
+_JSON_NUMBER = re.compile(r"-?(?:0|[1-9][0-9]*)(?:\.[0-9]+)?(?:[eE][+-]?[0-9]+)?")
 
 
 @dataclass(frozen=True)
@@ -59,64 +74,50 @@ def parse_where(raw: Any, table: str) -> tuple[Condition, ...]:
                         [column, op],
                         f"unknown operator {op!r} (use one of {', '.join(WHERE_OPERATORS)})",
                     )
-                if op in _LIST_OPERATORS and not (isinstance(value, list) and value):
-                    raise _where_error([column, op], f"{op} takes a non-empty list")
-                if op in _ORDER_OPERATORS and (isinstance(value, (list, dict, bool)) or value is None):
-                    raise _where_error([column, op], f"{op} takes a number, text or timestamp")
-                if op == "exists" and not isinstance(value, bool):
-                    raise _where_error([column, op], "exists takes true or false")
-                if op == "contains" and not isinstance(value, str):
-                    raise _where_error([column, op], "contains takes text")
-                if op not in _LIST_OPERATORS and isinstance(value, (list, dict)):
-                    raise _where_error([column, op], f"{op} takes a single value")
-                _check_value(table, column, op, value, [column, op])
+                problem = _value_problem(table, column, op, value)
+                if problem:
+                    raise _where_error([column, op], problem)
                 conditions.append(Condition(column, op, value))
         elif isinstance(spec, list):
             raise _where_error([column], "a list needs an operator: {in: [...]} or {not_in: [...]}")
         else:
-            _check_value(table, column, "eq", spec, [column])
+            problem = _value_problem(table, column, "eq", spec)
+            if problem:
+                raise _where_error([column], problem)
             conditions.append(Condition(column, "eq", spec))
     return tuple(conditions)
 
 
-def _check_value(table: str, column: str, op: str, value: Any, path: list[str]) -> None:
-    """What the SQL will need of the value, checked when the rule is loaded (not at
-    its first evaluation): numbers for numeric columns and for ordering a JSON key,
-    timestamps for time columns."""
-    if op == "contains":
-        if column in NUMERIC_COLUMNS.get(table, set()) or column in TIME_COLUMNS:
-            raise _where_error(path, f"contains works on text; {column} is not a text column")
-        return
+def _value_problem(table: str, column: str, op: str, value: Any) -> str | None:
+    """What is wrong with ``column op value`` (None: nothing), before any SQL is built."""
+    if op in _LIST_OPERATORS and not (isinstance(value, list) and value):
+        return f"{op} takes a non-empty list"
+    if op not in _LIST_OPERATORS and isinstance(value, (list, dict)):
+        return f"{op} takes a single value"
     if op == "exists":
-        return
-    if column in TIME_COLUMNS and op in ("in", "not_in", "not") and not (op == "not" and value is None):
-        raise _where_error(path, f"{op} does not work on times: use gt, gte, lt, lte, or null / {{not: null}}")
+        return None if isinstance(value, bool) else "exists takes true or false"
+    kind = column_kind(table, column)
+    if op == "contains":
+        if not isinstance(value, str):
+            return "contains takes text"
+        return None if kind in ("text", "json") else f"contains needs a text column ({column} holds {kind} values)"
+    if op in _ORDER_OPERATORS:
+        if isinstance(value, bool) or value is None:
+            return f"{op} takes a number, text or timestamp"
+        if kind in ("json", "number") and _as_number(value) is None:
+            what = "a metadata key" if kind == "json" else column
+            return f"{op} on {what} takes a number, got {value!r}"
+        if kind == "boolean":
+            return f"{op} needs a column of numbers, text or timestamps ({column} is true or false)"
     items = value if isinstance(value, list) else [value]
     for item in items:
-        if isinstance(item, (dict, list)):
-            raise _where_error(path, "takes a number, text or timestamp, not a list or mapping")
-        if item is None:
-            continue
-        if column in NUMERIC_COLUMNS.get(table, set()) or (is_json_key(table, column) and op in _ORDER_OPERATORS):
-            if not _is_number(item):
-                raise _where_error(path, f"{column} is numeric: {item!r} is not a number")
-        elif column in TIME_COLUMNS and op in ("eq", "gt", "gte", "lt", "lte") and not isinstance(item, datetime):
-            try:
-                parse_timestamp(str(item))
-            except (ValueError, OverflowError):
-                raise _where_error(path, f"{column} is a time: {item!r} is not an ISO-8601 timestamp") from None
-
-
-def _is_number(value: Any) -> bool:
-    if isinstance(value, bool):
-        return False
-    if isinstance(value, (int, float)):
-        return True
-    try:
-        float(str(value))
-    except ValueError:
-        return False
-    return True
+        if isinstance(item, (list, dict)):
+            return f"{op} takes plain values, not {type(item).__name__}s"
+        if kind == "number" and item is not None and _as_number(item) is None:
+            return f"{column} holds numbers, got {item!r}"
+        if kind == "time" and item is not None and _as_time(item) is None:
+            return f"{column} holds timestamps, got {item!r} (ISO-8601, e.g. 2026-11-20T09:30:00Z)"
+    return None
 
 
 # --- SQL ---------------------------------------------------------------------------
@@ -127,38 +128,46 @@ def where_clause(src: AuditSource, table: str, conditions: tuple[Condition, ...]
         return true()
     return and_(*(condition_clause(src, table, c) for c in conditions))
 
+
 def condition_clause(src: AuditSource, table: str, cond: Condition) -> ColumnElement[bool]:
     """One ``where`` entry as SQL; every value is a bound parameter."""
     name, op, value = cond.column, cond.op, cond.value
-    json_key = is_json_key(table, name)
+    kind = column_kind(table, name)
     if op == "exists":
-        if json_key:
-            present = src.json_has_key(src.tables[table].c[JSON_COLUMN[table]], name.split(".", 1)[1])
+        if kind == "json":
+            present = src.json_has_key(src.tables[table].c[JSON_COLUMN[table]], json_key(name))
         else:
             present = src.column(table, name).is_not(None)
         return present if value else not_(present)
-    if name in TIME_COLUMNS and op in ("eq", "gt", "gte", "lt", "lte") and value is not None:
+    if kind == "json":
+        return _json_condition(src, table, name, op, value)
+    if kind == "time":
         return _time_condition(src, table, name, op, value)
-    if not json_key:
-        value = _coerce(src, table, name, value)
-    if op in ("gt", "gte", "lt", "lte"):
-        column = src.numeric_column(table, name) if json_key else src.column(table, name)
-        bound = literal(float(value)) if json_key else literal(value)
-        return {"gt": column > bound, "gte": column >= bound, "lt": column < bound, "lte": column <= bound}[op]
+    value = _coerce(src, table, name, value)
     column = src.column(table, name)
+    if op in _ORDER_OPERATORS:
+        ordered = src.code_point_order(column) if kind == "text" else column
+        return _ordered(ordered, op, literal(value))
     if op == "contains":
-        return func.lower(column).contains(str(value).lower(), autoescape=True)
-    if json_key:
-        value = _as_json_text(value) if op in ("eq", "not") else [_as_json_text(v) for v in value]
+        return src.fold_case(column).contains(unicode_lower(str(value)), autoescape=True)
     if op == "eq":
         return column.is_(None) if value is None else column == literal(value)
     if op == "not":
         return column.is_not(None) if value is None else or_(column != literal(value), column.is_(None))
+    listed = [item for item in value if item is not None]
     if op == "in":
-        return column.in_(list(value))
+        matches = [column.in_(listed)] if listed else []
+        return or_(*matches, column.is_(None)) if None in value else or_(*matches)
     if op == "not_in":
-        return or_(column.not_in(list(value)), column.is_(None))
+        if None in value:  # NULL is in the list: only the values that are set and not listed
+            return and_(column.is_not(None), column.not_in(listed)) if listed else column.is_not(None)
+        return or_(column.not_in(listed), column.is_(None))
     raise ValueError(f"unknown operator {op!r}")
+
+
+def _ordered(column: ColumnElement[Any], op: str, bound: ColumnElement[Any]) -> ColumnElement[bool]:
+    return {"gt": column > bound, "gte": column >= bound, "lt": column < bound, "lte": column <= bound}[op]
+
 
 def _coerce(src: AuditSource, table: str, name: str, value: Any) -> Any:
     """A where value in its column's type, so both backends compare alike.
@@ -172,15 +181,13 @@ def _coerce(src: AuditSource, table: str, name: str, value: Any) -> Any:
     elif name in src.tables[table].c and isinstance(src.tables[table].c[name].type, String):
         numeric = False
     else:
-        return value  # booleans, JSON: as written
+        return value  # booleans: as written
 
     def one(item: Any) -> Any:
         if item is None:
             return None
         if not numeric:
-            if isinstance(item, bool):
-                return "true" if item else "false"
-            return str(item) if isinstance(item, (int, float)) else item
+            return _as_text(item)
         if isinstance(item, str):
             try:
                 return int(item)
@@ -193,20 +200,79 @@ def _coerce(src: AuditSource, table: str, name: str, value: Any) -> Any:
 
     return [one(item) for item in value] if isinstance(value, list) else one(value)
 
+
 def _time_condition(src: AuditSource, table: str, name: str, op: str, value: Any) -> ColumnElement[bool]:
-    moment = value if isinstance(value, datetime) else parse_timestamp(str(value))
-    column, bound = src.time_value(src.tables[table].c[name]), src.time_param(moment)
-    return {
-        "eq": column == bound, "gt": column > bound, "gte": column >= bound,
-        "lt": column < bound, "lte": column <= bound,
-    }[op]
+    """Times compare as instants, whatever their text (SQLite) or time zone."""
+    raw = src.tables[table].c[name]
+    column = src.time_value(raw)
+    if op in _ORDER_OPERATORS:
+        return _ordered(column, op, src.time_param(_time_value(value)))
+    values = value if op in _LIST_OPERATORS else [value]
+    parts = [and_(raw.is_not(None), column == src.time_param(_time_value(v))) for v in values if v is not None]
+    if None in values:
+        parts.append(raw.is_(None))
+    matches = or_(*parts)  # never NULL, so that NOT is exactly the other rows
+    return matches if op in ("eq", "in") else not_(matches)
 
 
-def _as_json_text(value: Any) -> Any:
+def _json_condition(src: AuditSource, table: str, name: str, op: str, value: Any) -> ColumnElement[bool]:
+    """A condition on a key of the JSON metadata, by the JSON type of its value."""
+    document, key = src.tables[table].c[JSON_COLUMN[table]], json_key(name)
+    if op in _ORDER_OPERATORS:
+        return _ordered(src.json_number(document, key), op, literal(_as_number(value)))
+    if op == "contains":
+        return and_(
+            src.json_is(document, key, "string"),
+            src.fold_case(src.json_text(document, key)).contains(unicode_lower(str(value)), autoescape=True),
+        )
+    values = value if op in _LIST_OPERATORS else [value]
+    numbers = sorted({n for n in (_as_number(v) for v in values) if n is not None})
+    texts = sorted({_as_text(v) for v in values if v is not None})
+    parts: list[ColumnElement[bool]] = []
+    if numbers:
+        parts.append(and_(src.json_is(document, key, "number"), src.json_number(document, key).in_(numbers)))
+    if texts:
+        parts.append(and_(src.json_is(document, key, "string", "boolean"), src.json_text(document, key).in_(texts)))
+    if None in values:  # a missing key or a JSON null
+        parts.append(not_(src.json_is(document, key, "number", "string", "boolean", "object", "array")))
+    # Each part is true or false, never NULL, so that NOT is exactly the other rows.
+    matches = or_(*parts) if parts else false()
+    return matches if op in ("eq", "in") else not_(matches)
+
+
+def _as_number(value: Any) -> float | None:
+    """The number a rule value stands for: a number, or text written as a JSON number."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, (int, float)):
+        number = float(value)
+    elif isinstance(value, str) and _JSON_NUMBER.fullmatch(value.strip()):
+        number = float(value)
+    else:
+        return None
+    return number if math.isfinite(number) else None
+
+
+def _as_text(value: Any) -> str:
+    """A rule value as the text it equals: ``true``/``false``, a number as written (``4.0``)."""
     if isinstance(value, bool):
         return "true" if value else "false"
-    if value is None:
-        return None
-    if isinstance(value, float) and value.is_integer():
-        return str(int(value))
+    if isinstance(value, (date, datetime)):
+        return value.isoformat()
     return str(value)
+
+
+def _as_time(value: Any) -> datetime | None:
+    if isinstance(value, datetime):
+        return value
+    try:
+        return parse_timestamp(value.isoformat() if isinstance(value, date) else str(value))
+    except ValueError:
+        return None
+
+
+def _time_value(value: Any) -> datetime:
+    moment = _as_time(value)
+    if moment is None:
+        raise ValueError(f"{value!r} is not a timestamp")
+    return moment

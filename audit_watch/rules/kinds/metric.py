@@ -6,6 +6,10 @@ bucket in SQL. With ``baseline`` the current value is compared with the mean of
 the buckets before it; a bucket without rows is missing, not zero, so a new or
 part-time group is judged by the periods it was active in. A group without any
 baseline bucket is skipped unless ``min_value`` is set and met.
+
+Without ``group_by`` there is one group, and the count of an empty window is 0 (an
+aggregate without GROUP BY always gives one row); ``sum``, ``avg``, ``min``, ``max``
+and ``p95`` of nothing are NULL and never fire.
 """
 
 from __future__ import annotations
@@ -47,9 +51,10 @@ def bucket_index(
     return case(*whens, else_=None)
 
 
-def aggregate_per_bucket(src: AuditSource, rows: Any, group_count: int, aggregate: str) -> Select[Any]:
-    """One row per (group, bucket) with the aggregate as ``value``."""
-    keys = [rows.c[f"g{i}"] for i in range(group_count)] + [rows.c.bucket]
+def aggregate_per_bucket(src: AuditSource, rows: Any, group_count: int, aggregate: str,
+                         by_bucket: bool = True) -> Select[Any]:
+    """One row per (group, bucket), or per group, with the aggregate as ``value``."""
+    keys = [rows.c[f"g{i}"] for i in range(group_count)] + ([rows.c.bucket] if by_bucket else [])
     if aggregate == "p95":
         return _p95_per_bucket(src, rows, keys)
     function = {
@@ -66,11 +71,12 @@ def _p95_per_bucket(src: AuditSource, rows: Any, keys: list[Any]) -> Select[Any]
     """Nearest-rank 95th percentile, identical on both backends."""
     if src.dialect == "postgresql":
         return select(*keys, func.percentile_disc(0.95).within_group(rows.c.v).label("value")).group_by(*keys)
+    partition = keys or None
     ranked = select(
         *keys,
         rows.c.v,
-        func.row_number().over(partition_by=keys, order_by=rows.c.v).label("rn"),
-        func.count().over(partition_by=keys).label("n"),
+        func.row_number().over(partition_by=partition, order_by=rows.c.v).label("rn"),
+        func.count().over(partition_by=partition).label("n"),
     ).subquery()
     # ceil(0.95 * n) in integer arithmetic
     return select(*(ranked.c[k.name] for k in keys), ranked.c.v.label("value")).where(
@@ -87,7 +93,7 @@ class Metric(RuleKind):
             threshold = str(rule.threshold)
             return Found.of(
                 ctx.execute(stmt).all(),
-                lambda row: Finding(group=group_of(rule.group_by, row), value=_num(row.value), threshold=threshold),
+                lambda row: Finding(group=group_of(rule.group_by, row), value=_exact(row.value), threshold=threshold),
             )
         return self._baseline_findings(rule, ctx, stmt)
 
@@ -114,30 +120,37 @@ class Metric(RuleKind):
             )
             .subquery()
         )
+        if rule.threshold is not None:
+            # The window only (periods == 0): one aggregate per group, no buckets.
+            per_group = aggregate_per_bucket(src, rows, len(groups), rule.aggregate, by_bucket=False).subquery()
+            gkeys = [per_group.c[f"g{i}"] for i in range(len(groups))]
+            threshold = rule.threshold
+            firing = select(*gkeys, per_group.c.value).where(compare(per_group.c.value, threshold))
+            return most_severe(firing, rule, lambda groups: by_comparison(groups.c.value, threshold))
         per_bucket = aggregate_per_bucket(src, rows, len(groups), rule.aggregate).subquery()
         gkeys = [per_bucket.c[f"g{i}"] for i in range(len(groups))]
-        if rule.threshold is not None:
-            threshold = rule.threshold
-            firing = select(*gkeys, per_bucket.c.value).where(
-                per_bucket.c.bucket == 0, compare(per_bucket.c.value, threshold)
-            )
-            return most_severe(firing, rule, lambda groups: by_comparison(groups.c.value, threshold))
         return self._baseline_statement(rule, per_bucket, gkeys)
 
     def _baseline_statement(self, rule: MetricRule, per_bucket: Any, gkeys: list[Any]) -> Select[Any]:
         assert rule.baseline is not None
+        current: ColumnElement[Any] = func.max(case((per_bucket.c.bucket == 0, per_bucket.c.value)))
+        if rule.aggregate == "count" and not gkeys:
+            current = func.coalesce(current, 0)  # the one group's count of an empty window
         summary = (
             select(
                 *gkeys,
-                func.max(case((per_bucket.c.bucket == 0, per_bucket.c.value))).label("current"),
-                func.avg(case((per_bucket.c.bucket > 0, cast(per_bucket.c.value, Float)))).label("baseline"),
+                current.label("current"),
+                func.sum(case((per_bucket.c.bucket > 0, cast(per_bucket.c.value, Float)))).label("baseline_sum"),
                 func.count(case((per_bucket.c.bucket > 0, 1))).label("periods_seen"),
             )
             .group_by(*gkeys)
             .subquery()
         )
+        # current > factor * (sum / periods), multiplied out: exact for whole numbers,
+        # where a mean of 1, 1 and 2 (4/3) times 3 need not give 4 in floating point.
         against_baseline = and_(
-            summary.c.periods_seen > 0, summary.c.current > summary.c.baseline * rule.baseline.factor
+            summary.c.periods_seen > 0,
+            summary.c.current * summary.c.periods_seen > summary.c.baseline_sum * rule.baseline.factor,
         )
         fires = against_baseline
         if rule.min_value is not None:
@@ -150,23 +163,24 @@ class Metric(RuleKind):
 
     def _baseline_finding(self, rule: MetricRule, row: Any) -> Finding:
         assert rule.baseline is not None
-        baseline = float(row.baseline) if row.baseline is not None else None
+        seen = int(row.periods_seen)
+        baseline = float(row.baseline_sum) / seen if seen else None
         threshold = (
             f"> {format_number(baseline * rule.baseline.factor)}" if baseline is not None
             else f">= {format_number(rule.min_value)}"
         )
         return Finding(
             group=group_of(rule.group_by, row),
-            value=_num(row.current),
+            value=_exact(row.current),
             threshold=threshold,
-            baseline=round(baseline, 3) if baseline is not None else None,
+            baseline=baseline,
             details={
                 "aggregate": rule.aggregate,
                 "field": rule.field,
-                "periods_seen": int(row.periods_seen),
+                "periods_seen": seen,
                 "periods": rule.baseline.periods,
                 "factor": rule.baseline.factor,
-                "ratio": round(float(row.current) / baseline, 2) if baseline else None,
+                "ratio": float(row.current) / baseline if baseline else None,
             },
         )
 
@@ -174,10 +188,11 @@ class Metric(RuleKind):
 def _furthest_above_baseline(groups: Any) -> list[Any]:
     """The largest multiple of its baseline first; groups without a baseline (fired
     by ``min_value``) after them, the largest value first."""
-    ratio = cast(groups.c.current, Float) / func.nullif(groups.c.baseline, 0)
+    ratio = cast(groups.c.current, Float) * groups.c.periods_seen / func.nullif(groups.c.baseline_sum, 0)
     return [ratio.desc().nulls_last(), groups.c.current.desc()]
 
 
-def _num(value: Any) -> float:
+def _exact(value: Any) -> float:
+    """The aggregate as compared (whole numbers as ints; rounding is for display only)."""
     value = float(value)
-    return int(value) if value.is_integer() else round(value, 4)
+    return int(value) if value.is_integer() else value

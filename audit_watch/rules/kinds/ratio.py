@@ -40,7 +40,7 @@ class Ratio(RuleKind):
             ctx.execute(stmt).all(),
             lambda row: Finding(
                 group=group_of(rule.group_by, row),
-                value=round(float(row.value), 4),
+                value=float(row.value),  # exact: rounding is for display only
                 threshold=str(rule.ratio),
                 details={"matching": int(row.matching), "total": int(row.total)},
             ),

@@ -44,7 +44,7 @@ class Spike(RuleKind):
             group=group_of(rule.group_by, row),
             value=int(row.current),
             threshold=threshold,
-            baseline=round(baseline, 3),
+            baseline=baseline,
             details={
                 "direction": "up" if is_up else "down",
                 "reference_count": int(row.reference),
